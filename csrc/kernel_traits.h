@@ -1,0 +1,53 @@
+// Compile-time tile shapes of the Lightning Attention-2 sweep kernel.
+#pragma once
+
+#include <cstddef>
+
+namespace lightning_attn2 {
+
+template <typename T, int kHeadDimQK_, int kTileV_>
+struct KernelTraits {
+    using Element = T;
+    // q/k head dim, padded up to this (zeros past dim_qk).
+    static constexpr int kHeadDimQK = kHeadDimQK_;
+    // Columns of v and o owned by one CTA: the state slice KV[:, tile] it keeps.
+    static constexpr int kTileV = kTileV_;
+    // Tokens per block, the B of Algorithm 1: the intra-block scores are a
+    // kBlockN x kBlockN tile and the recurrence takes N / kBlockN steps.
+    static constexpr int kBlockN = 64;
+    // One warp per 16 query rows of a block (the m16 of mma.sync).
+    static constexpr int kWarps = kBlockN / 16;
+    static constexpr int kThreads = 32 * kWarps;
+    // Double-buffered loads for 16-bit inputs. fp32 (the SIMT path) has twice the
+    // bytes per tile; a second stage would not fit shared memory at kHeadDimQK 256.
+    static constexpr int kStages = sizeof(T) == 2 ? 2 : 1;
+    // One 16-byte chunk of padding per shared-memory row: rows 8 apart then start
+    // in different banks, so ldmatrix and the SIMT reads are conflict-free.
+    static constexpr int kPad = 16 / sizeof(T);
+    static constexpr int kLdQK = kHeadDimQK + kPad;
+    static constexpr int kLdV = kTileV + kPad;
+
+    // The fp32 state KV (kHeadDimQK x kTileV) lives in registers, split over the
+    // warps in slabs of whole 16 x 8 mma tiles.
+    static constexpr int kStateWarpsAlongD = kHeadDimQK / 16 < kWarps ? kHeadDimQK / 16 : kWarps;
+    static constexpr int kStateWarpsAlongV = kWarps / kStateWarpsAlongD;
+    static constexpr int kStateRowsPerWarp = kHeadDimQK / kStateWarpsAlongD;
+    static constexpr int kStateColsPerWarp = kTileV / kStateWarpsAlongV;
+
+    // Shared memory: kStages x (Q, K, V tiles), the state in T for the tensor
+    // cores, and the decay powers lambda^0 .. lambda^kBlockN.
+    static constexpr size_t kQKTileElems = size_t(kBlockN) * kLdQK;
+    static constexpr size_t kVTileElems = size_t(kBlockN) * kLdV;
+    static constexpr size_t kStateElems = size_t(kHeadDimQK) * kLdV;
+    static constexpr size_t kSmemBytes =
+        (kStages * (2 * kQKTileElems + kVTileElems) + kStateElems) * sizeof(T) +
+        (kBlockN + 1) * sizeof(float);
+
+    static_assert(kHeadDimQK % 32 == 0 && kHeadDimQK <= 256, "head dim tile");
+    static_assert(kTileV % 32 == 0, "v tile");
+    static_assert(kStateRowsPerWarp % 16 == 0 && kStateColsPerWarp % 16 == 0,
+                  "state slab must be whole pairs of 16 x 8 tiles");
+    static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA");
+};
+
+}  // namespace lightning_attn2

@@ -1,0 +1,298 @@
+// Warp-level tile operations of the sweep kernel: global -> shared copies and
+// tile matrix products with fp32 accumulation.
+//
+// Register tile convention, shared by both arithmetic paths: a warp's 16 x 8
+// output tile is 4 floats per lane laid out as the mma.sync m16n8 accumulator.
+// With g = lane / 4 and t = lane % 4,
+//   c[0] = (row g, col 2t), c[1] = (g, 2t + 1), c[2] = (g + 8, 2t), c[3] = (g + 8, 2t + 1).
+// A warp's MT x NT grid of such tiles is `float acc[MT][NT][4]`.
+//
+// fp16 / bf16 operands go through the tensor cores (ldmatrix + mma.sync m16n8k16);
+// fp32 operands take a SIMT path with fp32 FMAs, so fp32 inputs keep fp32 accuracy
+// (tensor-core fp32 would be TF32, about 1e-3 relative error).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace lightning_attn2 {
+
+// ---------------------------------------------------------------------------
+// Element conversions
+// ---------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// Two floats as one 32-bit register of 16-bit elements (lo in the low half).
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t x);
+template <> __device__ __forceinline__ float2 unpack2<__half>(uint32_t x) {
+    return __half22float2(*reinterpret_cast<__half2*>(&x));
+}
+template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t x) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
+}
+
+// ---------------------------------------------------------------------------
+// Global -> shared copies
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Copies 16 bytes, of which the first src_bytes are read and the rest zero-filled.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)),
+                 "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// Fills smem[r * ld + c] for r < kRows, c < kCols with row r of a global tile
+// (row r at gmem + r * row_stride), zero past valid_rows and valid_cols.
+// vectorized: gmem and row_stride are 16-byte aligned, so whole chunks go by cp.async;
+// otherwise element by element (odd head dims, unaligned views).
+template <int kRows, int kCols, int kThreads, typename T>
+__device__ __forceinline__ void load_tile(T* smem, int ld, const T* gmem, int64_t row_stride,
+                                          int valid_rows, int valid_cols, bool vectorized) {
+    constexpr int kChunk = 16 / sizeof(T);
+    constexpr int kChunksPerRow = kCols / kChunk;
+    static_assert(kCols % kChunk == 0, "tile width");
+#pragma unroll 4
+    for (int i = threadIdx.x; i < kRows * kChunksPerRow; i += kThreads) {
+        const int r = i / kChunksPerRow;
+        const int c = (i % kChunksPerRow) * kChunk;
+        const int n = r < valid_rows ? min(max(valid_cols - c, 0), kChunk) : 0;
+        T* dst = smem + r * ld + c;
+        const T* src = gmem + r * row_stride + c;
+        if (vectorized) {
+            cp_async_16(dst, n > 0 ? src : gmem, n * int(sizeof(T)));
+        } else {
+#pragma unroll
+            for (int e = 0; e < kChunk; ++e) dst[e] = e < n ? src[e] : from_float<T>(0.f);
+        }
+    }
+}
+
+// Stores two adjacent elements with one instruction (dst aligned to two elements).
+template <typename T>
+__device__ __forceinline__ void store_pair(T* dst, float x0, float x1) {
+    if constexpr (std::is_same_v<T, float>) {
+        *reinterpret_cast<float2*>(dst) = make_float2(x0, x1);
+    } else {
+        *reinterpret_cast<uint32_t*>(dst) = pack2<T>(x0, x1);
+    }
+}
+
+__device__ __forceinline__ bool is_aligned16(const void* p, int64_t row_stride_bytes) {
+    return ((reinterpret_cast<uintptr_t>(p) | static_cast<uint64_t>(row_stride_bytes)) & 15) == 0;
+}
+
+// ---------------------------------------------------------------------------
+// Tensor-core primitives (fp16 / bf16)
+// ---------------------------------------------------------------------------
+template <bool kTranspose>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+    if constexpr (kTranspose) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(smem_address(smem)));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(smem_address(smem)));
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                            uint32_t b1) {
+    if constexpr (std::is_same_v<T, __half>) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        static_assert(std::is_same_v<T, __nv_bfloat16>, "tensor-core path is fp16/bf16");
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tile products
+// ---------------------------------------------------------------------------
+// How an operand is stored in shared memory, as a matrix of the product:
+// A (m x k) row-major is a[m * lda + k], column-major a[k * lda + m];
+// B (k x n) row-major is b[k * ldb + n], column-major b[n * ldb + k].
+enum class Major { kRow, kCol };
+
+// Column scales of A, i.e. weights on the reduction index k.
+struct NoScale {
+    static constexpr bool kEnabled = false;
+    __device__ __forceinline__ float operator()(int) const { return 1.f; }
+};
+
+// acc[MT][NT] += A * B over k in [0, 16 * k_steps), where a and b point at the
+// warp's first row of A and first column of B. Column pairs np with 2 * np >=
+// nt_active are skipped (the all-zero causal part of a score tile); column k of A
+// is multiplied by k_scale(k).
+template <Major kA, Major kB, int MT, int NT, typename T, typename KScale>
+__device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* a, int lda, const T* b,
+                                          int ldb, int k_steps, int nt_active, KScale k_scale) {
+    static_assert(NT % 2 == 0, "B tiles are loaded in pairs");
+    const int lane = threadIdx.x % 32;
+    if constexpr (std::is_same_v<T, float>) {
+        const int g = lane / 4, t = lane % 4;
+        auto A = [&](int m, int k) { return kA == Major::kRow ? a[m * lda + k] : a[k * lda + m]; };
+        auto B = [&](int k, int n) { return kB == Major::kRow ? b[k * ldb + n] : b[n * ldb + k]; };
+        for (int k = 0; k < 16 * k_steps; ++k) {
+            const float scale = k_scale(k);
+            float a_lo[MT], a_hi[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a_lo[mt] = A(16 * mt + g, k) * scale;
+                a_hi[mt] = A(16 * mt + g + 8, k) * scale;
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                if (nt < nt_active) {
+                    const float b0 = B(k, 8 * nt + 2 * t), b1 = B(k, 8 * nt + 2 * t + 1);
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        acc[mt][nt][0] = fmaf(a_lo[mt], b0, acc[mt][nt][0]);
+                        acc[mt][nt][1] = fmaf(a_lo[mt], b1, acc[mt][nt][1]);
+                        acc[mt][nt][2] = fmaf(a_hi[mt], b0, acc[mt][nt][2]);
+                        acc[mt][nt][3] = fmaf(a_hi[mt], b1, acc[mt][nt][3]);
+                    }
+                }
+            }
+        }
+    } else {
+        const int t = lane % 4;
+        for (int ks = 0; ks < k_steps; ++ks) {
+            const int k0 = 16 * ks;
+            uint32_t af[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                if constexpr (kA == Major::kRow) {
+                    ldmatrix_x4<false>(af[mt], a + (16 * mt + lane % 16) * lda + k0 + (lane / 16) * 8);
+                } else {
+                    ldmatrix_x4<true>(af[mt], a + (k0 + lane % 8 + (lane / 16) * 8) * lda + 16 * mt +
+                                                  ((lane / 8) % 2) * 8);
+                }
+            }
+            if constexpr (KScale::kEnabled) {
+                // af[..][0], [1] hold columns k0 + 2t, 2t + 1; af[..][2], [3] those + 8.
+                const float s0 = k_scale(k0 + 2 * t), s1 = k_scale(k0 + 2 * t + 1);
+                const float s8 = k_scale(k0 + 2 * t + 8), s9 = k_scale(k0 + 2 * t + 9);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const float2 x = unpack2<T>(af[mt][r]);
+                        af[mt][r] = r < 2 ? pack2<T>(x.x * s0, x.y * s1) : pack2<T>(x.x * s8, x.y * s9);
+                    }
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                if (2 * np < nt_active) {
+                    uint32_t bf[4];
+                    if constexpr (kB == Major::kCol) {
+                        ldmatrix_x4<false>(bf, b + (16 * np + lane % 8 + (lane / 16) * 8) * ldb + k0 +
+                                                   ((lane / 8) % 2) * 8);
+                    } else {
+                        ldmatrix_x4<true>(bf, b + (k0 + lane % 16) * ldb + 16 * np + (lane / 16) * 8);
+                    }
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma_16x8x16<T>(acc[mt][2 * np], af[mt], bf[0], bf[1]);
+                        mma_16x8x16<T>(acc[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// acc += P * B, where P (16 x 16 * k_steps) is a warp's register tile `p` (the
+// masked scores, never leaving registers) and B is row-major in shared memory.
+template <int NT, int NP, typename T>
+__device__ __forceinline__ void warp_gemm_registers_a(float (&acc)[1][NT][4], const float (&p)[1][NP][4],
+                                                      const T* b, int ldb, int k_steps) {
+    static_assert(NT % 2 == 0 && NP % 2 == 0, "tiles come in pairs");
+    const int lane = threadIdx.x % 32;
+    if constexpr (std::is_same_v<T, float>) {
+        // Row g of P is spread over the 4 lanes of a quad: fetch it by shuffles.
+        const int t = lane % 4;
+#pragma unroll
+        for (int j = 0; j < NP; ++j) {
+            if (j < 2 * k_steps) {
+#pragma unroll
+                for (int src = 0; src < 4; ++src) {
+                    const int peer = (lane & ~3) | src;
+                    const float p00 = __shfl_sync(0xffffffffu, p[0][j][0], peer);  // (g, k)
+                    const float p01 = __shfl_sync(0xffffffffu, p[0][j][1], peer);  // (g, k + 1)
+                    const float p10 = __shfl_sync(0xffffffffu, p[0][j][2], peer);  // (g + 8, k)
+                    const float p11 = __shfl_sync(0xffffffffu, p[0][j][3], peer);  // (g + 8, k + 1)
+                    const int k = 8 * j + 2 * src;
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) {
+                        const float2 b0 = *reinterpret_cast<const float2*>(b + k * ldb + 8 * nt + 2 * t);
+                        const float2 b1 =
+                            *reinterpret_cast<const float2*>(b + (k + 1) * ldb + 8 * nt + 2 * t);
+                        acc[0][nt][0] += p00 * b0.x + p01 * b1.x;
+                        acc[0][nt][1] += p00 * b0.y + p01 * b1.y;
+                        acc[0][nt][2] += p10 * b0.x + p11 * b1.x;
+                        acc[0][nt][3] += p10 * b0.y + p11 * b1.y;
+                    }
+                }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int ks = 0; ks < NP / 2; ++ks) {
+            if (ks < k_steps) {
+                // The m16n8 accumulators of columns [16 ks, 16 ks + 16) are exactly the
+                // m16k16 A operand of mma.sync once rounded to T.
+                const uint32_t af[4] = {pack2<T>(p[0][2 * ks][0], p[0][2 * ks][1]),
+                                        pack2<T>(p[0][2 * ks][2], p[0][2 * ks][3]),
+                                        pack2<T>(p[0][2 * ks + 1][0], p[0][2 * ks + 1][1]),
+                                        pack2<T>(p[0][2 * ks + 1][2], p[0][2 * ks + 1][3])};
+#pragma unroll
+                for (int np = 0; np < NT / 2; ++np) {
+                    uint32_t bf[4];
+                    ldmatrix_x4<true>(bf, b + (16 * ks + lane % 16) * ldb + 16 * np + (lane / 16) * 8);
+                    mma_16x8x16<T>(acc[0][2 * np], af, bf[0], bf[1]);
+                    mma_16x8x16<T>(acc[0][2 * np + 1], af, bf[2], bf[3]);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace lightning_attn2

@@ -1,0 +1,105 @@
+"""GPU tests: o, dq, dk, dv of the CUDA kernels against float64 references.
+
+Relative L2 error bounds, ||x - ref|| / ||ref||, per input dtype: fp32 inputs run
+in fp32 (SIMT) and must be fp32-accurate; fp16/bf16 run on tensor cores with fp32
+accumulation and an fp32 state.
+"""
+import pytest
+import torch
+
+from conftest import random_inputs, relative_l2, requires_cuda
+from lightning_attn2_cuda import build_slopes, lightning_attn, reference
+
+pytestmark = requires_cuda
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
+DTYPES = list(TOLERANCE)
+# Every value of D and of E in {16, 32, 64, 72, 96, 128, 192, 256}, plus odd sizes
+# (unaligned rows: element-wise loads and stores).
+HEAD_DIMS = [(16, 256), (32, 192), (64, 64), (72, 96), (96, 72), (128, 128), (192, 32), (256, 16), (3, 5), (130, 33)]
+SEQLENS = [1, 63, 65, 1000, 4097]
+DECAYS = {
+    "zero": lambda h: torch.zeros(h),
+    "alibi": lambda h: build_slopes(h),
+    "strong": lambda h: torch.full((h,), 10.0),
+}
+
+
+def float64_reference(q, k, v, slope, scale, dout):
+    """o and (dq, dk, dv) in float64 from the same (rounded) inputs."""
+    q, k, v = (x.detach().double().requires_grad_(True) for x in (q, k, v))
+    form = reference.naive if q.shape[2] <= 1024 else reference.blockwise
+    o = form(q, k, v, None if slope is None else slope.double(), scale)
+    return (o.detach(), *torch.autograd.grad(o, (q, k, v), dout.double()))
+
+
+def run_and_check(q, k, v, slope, scale, bound):
+    o = lightning_attn(q, k, v, slope, scale)
+    dout = torch.randn_like(o)
+    grads = torch.autograd.grad(o, (q, k, v), dout)
+    expected = float64_reference(q, k, v, slope, scale, dout)
+    errors = {name: relative_l2(x, ref) for name, x, ref in zip(("o", "dq", "dk", "dv"), (o, *grads), expected)}
+    assert all(err <= bound for err in errors.values()), f"relative L2 errors {errors} above {bound}"
+
+
+@pytest.mark.parametrize("decay", list(DECAYS))
+@pytest.mark.parametrize("dims", HEAD_DIMS, ids=[f"D{d}-E{e}" for d, e in HEAD_DIMS])
+@pytest.mark.parametrize("seqlen", SEQLENS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_float64_reference(dtype, seqlen, dims, decay, poison_allocations):
+    heads = 3
+    q, k, v = random_inputs(2, heads, seqlen, *dims, dtype, "cuda", requires_grad=True)
+    slope = DECAYS[decay](heads).cuda()
+    run_and_check(q, k, v, slope, 0.5, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_no_slope_and_official_slope_shape(dtype, poison_allocations):
+    q, k, v = random_inputs(2, 4, 300, 64, 64, dtype, "cuda")
+    assert torch.equal(lightning_attn(q, k, v, None), lightning_attn(q, k, v, torch.zeros(4, device="cuda")))
+    slope = build_slopes(4).cuda()
+    assert torch.equal(lightning_attn(q, k, v, slope.view(4, 1, 1)), lightning_attn(q, k, v, slope))
+
+
+def test_long_sequence(poison_allocations):
+    q, k, v = random_inputs(1, 2, 65536, 128, 128, torch.bfloat16, "cuda", requires_grad=True)
+    run_and_check(q, k, v, build_slopes(2).cuda(), 1.0, TOLERANCE[torch.bfloat16])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_deterministic(dtype):
+    q, k, v = random_inputs(2, 4, 3000, 128, 96, dtype, "cuda", requires_grad=True)
+    slope = build_slopes(4).cuda()
+    dout = torch.randn(2, 4, 3000, 96, dtype=dtype, device="cuda")
+
+    def run():
+        o = lightning_attn(q, k, v, slope)
+        return (o, *torch.autograd.grad(o, (q, k, v), dout))
+
+    for first, second in zip(run(), run()):
+        assert torch.equal(first, second)
+
+
+def test_strided_inputs_read_in_place(poison_allocations):
+    """[B, N, H, D] storage viewed as [B, H, N, D]: the same result as contiguous copies."""
+    q, k, v = (torch.randn(2, 500, 4, 64, dtype=torch.bfloat16, device="cuda").transpose(1, 2) for _ in range(3))
+    slope = build_slopes(4).cuda()
+    expected = lightning_attn(q.contiguous(), k.contiguous(), v.contiguous(), slope)
+    assert torch.equal(lightning_attn(q, k, v, slope), expected)
+
+
+def test_inputs_not_modified():
+    q, k, v = random_inputs(2, 4, 200, 64, 32, torch.float16, "cuda", requires_grad=True)
+    slope = build_slopes(4).cuda()
+    before = [x.detach().clone() for x in (q, k, v, slope)]
+    lightning_attn(q, k, v, slope, 0.25).backward(torch.randn(2, 4, 200, 32, dtype=torch.float16, device="cuda"))
+    for x, b in zip((q, k, v, slope), before):
+        assert torch.equal(x.detach(), b)
+
+
+def test_expanded_output_gradient():
+    """o.sum() hands backward a stride-0 gradient."""
+    q, k, v = random_inputs(1, 2, 100, 32, 32, torch.float32, "cuda", requires_grad=True)
+    lightning_attn(q, k, v, build_slopes(2).cuda()).sum().backward()
+    expected = torch.autograd.grad(reference.naive(*(x.double() for x in (q, k, v)), build_slopes(2).double().cuda()).sum(), q)[0]
+    assert relative_l2(q.grad, expected) <= TOLERANCE[torch.float32]
