@@ -55,14 +55,17 @@ def load_fla(op_name):
     return load
 
 
-def load_sdpa_flash(s):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+def load_sdpa(backend_name):
+    # Pinned, because torch's default order picks cuDNN attention on an H200.
+    def load(s):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backend, sdpa = getattr(SDPBackend, backend_name), torch.nn.functional.scaled_dot_product_attention
 
-    def attn(q, k, v):
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return sdpa(q, k, v, is_causal=True)
-    return attn
+        def attn(q, k, v):
+            with sdpa_kernel(backend):
+                return sdpa(q, k, v, is_causal=True)
+        return attn
+    return load
 
 
 LOADERS = {
@@ -70,7 +73,7 @@ LOADERS = {
     "official": load_official,
     "fla_chunk": load_fla("chunk_simple_gla"),
     "fla_fused_chunk": load_fla("fused_chunk_simple_gla"),
-    "sdpa_flash": load_sdpa_flash,
+    "sdpa_flash": load_sdpa("FLASH_ATTENTION"),
 }
 LAYOUT = {name: "BHND" for name in LOADERS} | {"fla_chunk": "BTHD", "fla_fused_chunk": "BTHD"}
 ANCHORS_VS_OURS = ["official", "fla_chunk", "fla_fused_chunk"]
@@ -179,14 +182,12 @@ CASES = [dense_causal_rows]
 
 # ---------------------------------------------------------------- report
 
-def fmt(x, unit=""):
-    if x is None:
-        return "—"
-    return (f"{x:.3f}" if x < 10 else f"{x:.1f}") + unit
+def fmt(ms):
+    return "—" if ms is None else f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
-def ratio(a, b):
-    return None if a is None or b is None else a / b
+def fmt_ratio(a, b):
+    return "—" if a is None or b is None else f"{a / b:.2f}×"
 
 
 def dense_markdown(rows, impls):
@@ -204,9 +205,9 @@ def dense_markdown(rows, impls):
         cells = [f"{b}, {h}, {n}", f"{fmt(any_row['floor_fwd_ms'])} / {fmt(any_row['floor_fwdbwd_ms'])}"]
         cells += [f"{fmt(rs[i]['fwd_ms'])} / {fmt(rs[i]['fwdbwd_ms'])}" for i in impls]
         for a in anchors:
-            cells.append(" / ".join(fmt(ratio(rs[a][t], ours[t]), "×") for t in ("fwd_ms", "fwdbwd_ms")))
+            cells.append(" / ".join(fmt_ratio(rs[a][t], ours[t]) for t in ("fwd_ms", "fwdbwd_ms")))
         if ours is not None:
-            cells.append(" / ".join(fmt(ratio(ours[t], ours[f"floor_{t}"]), "×") for t in ("fwd_ms", "fwdbwd_ms")))
+            cells.append(" / ".join(fmt_ratio(ours[t], ours[f"floor_{t}"]) for t in ("fwd_ms", "fwdbwd_ms")))
         cells += ["—" if rs[i]["peak_mib"] is None else f"{rs[i]['peak_mib']:.0f}" for i in impls]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -217,7 +218,7 @@ def markdown_report(rows, impls, ctx):
     return "\n".join([
         f"# Lightning Attention-2 benchmark on {ctx['gpu']}",
         "",
-        f"bf16, D = E = {D}, ALiBi slopes; median ms of triton.testing.do_bench; torch {torch.__version__}, "
+        f"bf16, D = E = {D}, ALiBi slopes; median ms of triton.testing.do_bench; torch {ctx['torch']}, "
         f"triton {ctx['triton']}. Copy bandwidth {ctx['copy_tbps']:.2f} TB/s (read + written); floor = "
         f"{FWD_TENSORS} (fwd) or {FWDBWD_TENSORS} (fwd+bwd) tensors at that bandwidth. "
         "Speed-up = anchor ms / ours ms; peak = extra memory of one fwd+bwd.",
@@ -252,12 +253,12 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     import triton
-    ctx = {"gpu": torch.cuda.get_device_name(), "triton": triton.__version__}
+    ctx = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     ctx["copy_tbps"] = measure_copy_tbps(args.quick)
     print(f"{ctx['gpu']}: device-to-device copy {ctx['copy_tbps']:.2f} TB/s", flush=True)
 
     rows = [{"case": "copy", "impl": "copy", "bytes": 2 * COPY_BYTES, "copy_tbps": ctx["copy_tbps"],
-             "gpu": ctx["gpu"], "torch": torch.__version__, "triton": ctx["triton"]}]
+             "gpu": ctx["gpu"], "torch": ctx["torch"], "triton": ctx["triton"]}]
     for case in CASES:
         rows += case(args, ctx)
 
