@@ -66,8 +66,11 @@ void check_slope(const c10::optional<at::Tensor>& slope, const at::Tensor& q) {
 }
 
 void run(const la2::LinearAttnParams* problems, int num_problems, const at::Tensor& like) {
-    const cudaError_t err =
-        la2::run_linear_attn(problems, num_problems, element_type(like), c10::cuda::getCurrentCUDAStream());
+    const la2::DType dtype = element_type(like);
+    const size_t workspace_bytes = la2::linear_attn_workspace_bytes(problems, num_problems, dtype);
+    const at::Tensor workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, like.options().dtype(at::kByte));
+    const cudaError_t err = la2::run_linear_attn(problems, num_problems, dtype, workspace.data_ptr(),
+                                                 c10::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == cudaSuccess, "lightning_attn2_cuda: kernel launch failed: ", cudaGetErrorString(err));
 }
 

@@ -5,6 +5,10 @@
 
 namespace lightning_attn2 {
 
+// Tokens per block, the B of Algorithm 1: the intra-block scores are a
+// kBlockN x kBlockN tile and the recurrence takes N / kBlockN steps.
+constexpr int kSweepBlockN = 64;
+
 template <typename T, int kHeadDimQK_, int kTileV_>
 struct KernelTraits {
     using Element = T;
@@ -12,9 +16,7 @@ struct KernelTraits {
     static constexpr int kHeadDimQK = kHeadDimQK_;
     // Columns of v and o owned by one CTA: the state slice KV[:, tile] it keeps.
     static constexpr int kTileV = kTileV_;
-    // Tokens per block, the B of Algorithm 1: the intra-block scores are a
-    // kBlockN x kBlockN tile and the recurrence takes N / kBlockN steps.
-    static constexpr int kBlockN = 64;
+    static constexpr int kBlockN = kSweepBlockN;
     // One warp per 16 query rows of a block (the m16 of mma.sync).
     static constexpr int kWarps = kBlockN / 16;
     static constexpr int kThreads = 32 * kWarps;

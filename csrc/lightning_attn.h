@@ -45,9 +45,14 @@ struct LinearAttnParams {
 // launch, so that small batch x heads still fills the GPU.
 constexpr int kMaxProblems = 3;
 
-// Runs every problem on `stream`; all tensors hold `dtype`. Returns the first
-// CUDA error met (cudaSuccess when all launches went out).
-cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems,
-                            DType dtype, cudaStream_t stream);
+// Bytes of device scratch that run_linear_attn needs for these problems (the
+// states at the chunk boundaries when sequences are cut into chunks; 0 when not).
+size_t linear_attn_workspace_bytes(const LinearAttnParams* problems, int num_problems, DType dtype);
+
+// Runs every problem on `stream`; all tensors hold `dtype`. `workspace` holds at
+// least linear_attn_workspace_bytes of the same arguments (256-byte aligned).
+// Returns the first CUDA error met (cudaSuccess when all launches went out).
+cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems, DType dtype,
+                            void* workspace, cudaStream_t stream);
 
 }  // namespace lightning_attn2

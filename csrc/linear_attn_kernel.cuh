@@ -1,9 +1,9 @@
 // The Lightning Attention-2 sweep: Algorithm 1 of Qin et al. (2024), one CTA per
-// (problem, batch, head, slice of v columns), walking the sequence block by block
-// with the state KV in fp32 registers.
+// (problem, batch x head, chunk of the sequence, slice of v columns), walking its
+// chunk block by block with the state KV in fp32 registers.
 //
 // The backward pass (Algorithm 2) runs this same sweep three times, as problems of
-// one launch (see backward_problems in api.cpp):
+// one launch (see backward in api.cpp):
 //   dq = sweep(q := do, k := v, v := k)                     forward in time,
 //   dk = sweep(q := v,  k := do, v := q)   backward in time, state dKV^T,
 //   dv = sweep(q := k,  k := q,  v := do)  backward in time, state dKV.
@@ -28,7 +28,8 @@ struct KeyDecay {
 
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads)
-    linear_attn_sweep_kernel(const __grid_constant__ LinearAttnBatch batch, int v_tiles_per_head) {
+    linear_attn_sweep_kernel(const __grid_constant__ LinearAttnBatch batch, int v_tiles_per_head,
+                             int chunks_per_head) {
     using T = typename Traits::Element;
     constexpr int kBlockN = Traits::kBlockN;
     constexpr int kHeadDimQK = Traits::kHeadDimQK;
@@ -37,16 +38,26 @@ __global__ void __launch_bounds__(Traits::kThreads)
     constexpr int kLdQK = Traits::kLdQK;
     constexpr int kLdV = Traits::kLdV;
     constexpr int kThreads = Traits::kThreads;
-    constexpr int kVTiles = kTileV / 8;      // n-tiles of an output row slab
-    constexpr int kScoreTiles = kBlockN / 8;  // n-tiles of a score row slab
+    constexpr int kQKSteps = kHeadDimQK / 16;  // k-steps of products over the head dim
+    constexpr int kVTiles = kTileV / 8;         // n-tiles of an output row slab
+    constexpr int kScoreTiles = kBlockN / 8;    // n-tiles of a score row slab
     constexpr int kStateMT = Traits::kStateRowsPerWarp / 16;
     constexpr int kStateNT = Traits::kStateColsPerWarp / 8;
 
+    // ---- which problem, head, chunk and v columns this CTA owns
     const LinearAttnParams& p = batch.problems[blockIdx.y];
-    const int head_index = blockIdx.x / v_tiles_per_head;  // b * heads + h
-    const int v_col0 = (blockIdx.x % v_tiles_per_head) * kTileV;
-    if (head_index >= p.batch * p.heads || v_col0 >= p.dim_v) return;
+    const ChunkPlan& plan = batch.chunks[blockIdx.y];
+    const int v_tile = blockIdx.x % v_tiles_per_head;
+    const int chunk = (blockIdx.x / v_tiles_per_head) % chunks_per_head;
+    const int head_index = blockIdx.x / v_tiles_per_head / chunks_per_head;  // b * heads + h
+    const int v_col0 = v_tile * kTileV;
+    // The state pass has nothing to do for the last chunk: no chunk starts from its state.
+    const int chunks_run = plan.num_chunks - (batch.state_pass ? 1 : 0);
+    if (head_index >= p.batch * p.heads || v_col0 >= p.dim_v || chunk >= chunks_run) return;
     const int b = head_index / p.heads, h = head_index % p.heads;
+    const int num_blocks = (p.seqlen + kBlockN - 1) / kBlockN;
+    const int first_block = chunk * plan.chunk_blocks;
+    const int end_block = min(first_block + plan.chunk_blocks, num_blocks);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
@@ -55,10 +66,10 @@ __global__ void __launch_bounds__(Traits::kThreads)
     const int state_col0 = (warp / Traits::kStateWarpsAlongD) * Traits::kStateColsPerWarp;
 
     extern __shared__ __align__(16) unsigned char smem[];
-    T* sQ = reinterpret_cast<T*>(smem);                  // [kStages][kBlockN][kLdQK]
-    T* sK = sQ + kStages * Traits::kQKTileElems;         // [kStages][kBlockN][kLdQK]
-    T* sV = sK + kStages * Traits::kQKTileElems;         // [kStages][kBlockN][kLdV]
-    T* sState = sV + kStages * Traits::kVTileElems;      // [kHeadDimQK][kLdV]
+    T* sQ = reinterpret_cast<T*>(smem);              // [kStages][kBlockN][kLdQK]
+    T* sK = sQ + kStages * Traits::kQKTileElems;     // [kStages][kBlockN][kLdQK]
+    T* sV = sK + kStages * Traits::kQKTileElems;     // [kStages][kBlockN][kLdV]
+    T* sState = sV + kStages * Traits::kVTileElems;  // [kHeadDimQK][kLdV]
     float* decay_pow = reinterpret_cast<float*>(sState + Traits::kStateElems);  // [kBlockN + 1]
 
     auto head_ptr = [&](const StridedTensor& x) {
@@ -80,20 +91,56 @@ __global__ void __launch_bounds__(Traits::kThreads)
     const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
     for (int i = threadIdx.x; i <= kBlockN; i += kThreads) decay_pow[i] = float(exp(-slope * i));
 
-    // State KV (kHeadDimQK x kTileV): fp32 registers for the recurrence, a copy
-    // rounded to T in shared memory as the operand of Q KV. S_{-1} = 0.
+    // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
+    // and a copy rounded to T in shared memory as the operand of Q_i KV.
     float state[kStateMT][kStateNT][4] = {};
-    for (int i = threadIdx.x; i < int(Traits::kStateElems); i += kThreads) sState[i] = from_float<T>(0.f);
+    // A chunk's state slab in the workspace, in register-fragment order so that
+    // each thread reads back exactly what it wrote, coalesced.
+    auto chunk_state_slab = [&](int c) {
+        const int v_tiles = (p.dim_v + kTileV - 1) / kTileV;
+        return plan.chunk_states +
+               ((size_t(c) * p.batch * p.heads + head_index) * v_tiles + v_tile) * (kHeadDimQK * kTileV);
+    };
+    auto slab_index = [&](int mt, int nt, int r) { return ((mt * kStateNT + nt) * 4 + r) * kThreads + threadIdx.x; };
+    auto copy_state_to_smem = [&]() {
+#pragma unroll
+        for (int mt = 0; mt < kStateMT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < kStateNT; ++nt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int row = state_row0 + 16 * mt + g + 8 * half;
+                    store_pair(sState + row * kLdV + state_col0 + 8 * nt + 2 * t, state[mt][nt][2 * half],
+                               state[mt][nt][2 * half + 1]);
+                }
+    };
+    if (!batch.state_pass) {
+        // The state entering this chunk: sum over earlier chunks c of their own
+        // states decayed to this chunk's start, lambda^(L (chunk - 1 - c)) with L
+        // tokens per chunk (Horner's rule). S_{-1} = 0 for the first chunk.
+        const float chunk_decay = float(exp(-slope * double(plan.chunk_blocks) * kBlockN));
+        for (int c = 0; c < chunk; ++c) {
+            const float* slab = chunk_state_slab(c);
+#pragma unroll
+            for (int mt = 0; mt < kStateMT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < kStateNT; ++nt)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        state[mt][nt][r] = state[mt][nt][r] * chunk_decay + slab[slab_index(mt, nt, r)];
+        }
+        copy_state_to_smem();
+    }
 
-    const int num_blocks = (p.seqlen + kBlockN - 1) / kBlockN;
-    const int qk_steps = (p.dim_qk + 15) / 16;  // head-dim slices that are not all padding
-
+    // ---- Algorithm 1's steps for the block in shared memory
     auto load_block = [&](int block, int stage) {
         const int64_t first = int64_t(block) * kBlockN;
         const int valid = min(kBlockN, p.seqlen - block * kBlockN);
-        load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK,
-                                                 q + first * p.q.seq_stride, p.q.seq_stride, valid,
-                                                 p.dim_qk, vectorized);
+        if (!batch.state_pass) {
+            load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK,
+                                                     q + first * p.q.seq_stride, p.q.seq_stride, valid,
+                                                     p.dim_qk, vectorized);
+        }
         load_tile<kBlockN, kHeadDimQK, kThreads>(sK + stage * Traits::kQKTileElems, kLdQK,
                                                  k + first * p.k.seq_stride, p.k.seq_stride, valid,
                                                  p.dim_qk, vectorized);
@@ -103,51 +150,32 @@ __global__ void __launch_bounds__(Traits::kThreads)
         cp_async_commit();
     };
 
-    if (num_blocks > 0) load_block(0, 0);
-    for (int block = 0; block < num_blocks; ++block) {
-        const int stage = block % kStages;
-        if constexpr (kStages == 2) {
-            if (block + 1 < num_blocks) load_block(block + 1, (block + 1) % 2);
-            else cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // block's tiles and the previous state are in shared memory
-
-        const T* sQb = sQ + stage * Traits::kQKTileElems + row0 * kLdQK;
-        const T* sKb = sK + stage * Traits::kQKTileElems;
-        const T* sVb = sV + stage * Traits::kVTileElems;
-        const int valid = min(kBlockN, p.seqlen - block * kBlockN);
-
-        // Inter-block: O = Lambda Q_i KV, row t of the block decayed by lambda^(t+1)
-        // from the state at the end of the previous block.
-        float acc_o[1][kVTiles][4] = {};
-        warp_gemm<Major::kRow, Major::kRow>(acc_o, sQb, kLdQK, sState, kLdV, qk_steps, kVTiles, NoScale{});
+    // O_i = Lambda Q_i KV + [(Q_i K_i^T) . M] V_i for this warp's 16 rows, where KV
+    // is the state after block i-1, row t of Lambda is lambda^(t+1), and
+    // M[t][s] = lambda^(t-s) for s <= t, else 0.
+    auto block_output = [&](const T* sQb, const T* sKb, const T* sVb, float (&acc_o)[1][kVTiles][4]) {
+        warp_gemm<Major::kRow, Major::kRow, kQKSteps>(acc_o, sQb, kLdQK, sState, kLdV, kVTiles, NoScale{});
 #pragma unroll
         for (int j = 0; j < kVTiles; ++j) {
-            acc_o[0][j][0] *= decay_pow[row0 + g + 1];
-            acc_o[0][j][1] *= decay_pow[row0 + g + 1];
-            acc_o[0][j][2] *= decay_pow[row0 + g + 9];
-            acc_o[0][j][3] *= decay_pow[row0 + g + 9];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc_o[0][j][r] *= decay_pow[row0 + g + 8 * (r / 2) + 1];
         }
-
-        // Intra-block: O += [(Q_i K_i^T) . M] V_i with M[t][s] = lambda^(t-s) for
-        // s <= t, else 0. Keys past this warp's last row are all masked: skipped.
+        // Keys past this warp's last row are all masked: their tiles are skipped.
         float scores[1][kScoreTiles][4] = {};
-        warp_gemm<Major::kRow, Major::kCol>(scores, sQb, kLdQK, sKb, kLdQK, qk_steps, row0 / 8 + 2,
-                                            NoScale{});
+        warp_gemm<Major::kRow, Major::kCol, kQKSteps>(scores, sQb, kLdQK, sKb, kLdQK, row0 / 8 + 2, NoScale{});
 #pragma unroll
         for (int j = 0; j < kScoreTiles; ++j) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-                const int tq = row0 + g + (r / 2) * 8, sk = 8 * j + 2 * t + r % 2;
+                const int tq = row0 + g + 8 * (r / 2), sk = 8 * j + 2 * t + r % 2;
                 scores[0][j][r] *= sk <= tq ? decay_pow[tq - sk] : 0.f;
             }
         }
         warp_gemm_registers_a(acc_o, scores, sVb, kLdV, warp + 1);
+    };
 
-        // o = scale * O for the block's valid rows and the CTA's v columns.
+    // o = scale * O for the block's valid rows and this CTA's v columns.
+    auto store_output = [&](int block, int valid, const float (&acc_o)[1][kVTiles][4]) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int tq = row0 + g + 8 * half;
@@ -167,8 +195,10 @@ __global__ void __launch_bounds__(Traits::kThreads)
                 }
             }
         }
+    };
 
-        // State update: KV = lambda^valid KV + (lambda^(valid-1-s) K_i)^T V_i.
+    // KV = lambda^valid KV + (lambda^(valid-1-s) K_i)^T V_i.
+    auto update_state = [&](const T* sKb, const T* sVb, int valid) {
         const float block_decay = decay_pow[valid];
 #pragma unroll
         for (int mt = 0; mt < kStateMT; ++mt)
@@ -176,25 +206,48 @@ __global__ void __launch_bounds__(Traits::kThreads)
             for (int nt = 0; nt < kStateNT; ++nt)
 #pragma unroll
                 for (int r = 0; r < 4; ++r) state[mt][nt][r] *= block_decay;
-        warp_gemm<Major::kCol, Major::kRow>(state, sKb + state_row0, kLdQK, sVb + state_col0, kLdV,
-                                            (valid + 15) / 16, kStateNT, KeyDecay{decay_pow, valid});
+        warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(state, sKb + state_row0, kLdQK, sVb + state_col0, kLdV,
+                                                          kStateNT, KeyDecay{decay_pow, valid});
+    };
+
+    // ---- the sweep over this chunk's blocks, loads double-buffered for 16-bit types
+    if (first_block < end_block) load_block(first_block, 0);
+    for (int block = first_block; block < end_block; ++block) {
+        const int stage = (block - first_block) % kStages;
+        if constexpr (kStages == 2) {
+            if (block + 1 < end_block) load_block(block + 1, 1 - stage);
+            else cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // the block's tiles and the previous state copy are in shared memory
+
+        const T* sKb = sK + stage * Traits::kQKTileElems;
+        const T* sVb = sV + stage * Traits::kVTileElems;
+        const int valid = min(kBlockN, p.seqlen - block * kBlockN);
+        if (!batch.state_pass) {
+            float acc_o[1][kVTiles][4] = {};
+            block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, acc_o);
+            store_output(block, valid, acc_o);
+        }
+        update_state(sKb, sVb, valid);
 
         __syncthreads();  // everyone is done with this stage and the old state copy
-#pragma unroll
-        for (int mt = 0; mt < kStateMT; ++mt) {
-#pragma unroll
-            for (int nt = 0; nt < kStateNT; ++nt) {
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int row = state_row0 + 16 * mt + g + 8 * half;
-                    store_pair(sState + row * kLdV + state_col0 + 8 * nt + 2 * t, state[mt][nt][2 * half],
-                               state[mt][nt][2 * half + 1]);
-                }
-            }
-        }
+        if (!batch.state_pass) copy_state_to_smem();
         if constexpr (kStages == 1) {
-            if (block + 1 < num_blocks) load_block(block + 1, 0);
+            if (block + 1 < end_block) load_block(block + 1, 0);
         }
+    }
+
+    if (batch.state_pass) {
+        float* slab = chunk_state_slab(chunk);
+#pragma unroll
+        for (int mt = 0; mt < kStateMT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < kStateNT; ++nt)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) slab[slab_index(mt, nt, r)] = state[mt][nt][r];
     }
 }
 
@@ -202,18 +255,21 @@ template <typename T, int kHeadDimQK, int kTileV>
 cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, cudaStream_t stream) {
     using Traits = KernelTraits<T, kHeadDimQK, kTileV>;
     auto kernel = linear_attn_sweep_kernel<Traits>;
-    int max_heads = 0, v_tiles_per_head = 0;
+    int max_heads = 0, v_tiles_per_head = 0, chunks_per_head = 0;
     for (int i = 0; i < batch.num_problems; ++i) {
         const LinearAttnParams& p = batch.problems[i];
         max_heads = max(max_heads, p.batch * p.heads);
         v_tiles_per_head = max(v_tiles_per_head, (p.dim_v + kTileV - 1) / kTileV);
+        chunks_per_head = max(chunks_per_head, batch.chunks[i].num_chunks);
     }
-    if (max_heads == 0 || v_tiles_per_head == 0) return cudaSuccess;
+    const int64_t ctas = int64_t(max_heads) * v_tiles_per_head * chunks_per_head;
+    if (ctas == 0) return cudaSuccess;
+    if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytes));
     if (err != cudaSuccess) return err;
-    const dim3 grid(unsigned(max_heads) * unsigned(v_tiles_per_head), unsigned(batch.num_problems));
-    kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(batch, v_tiles_per_head);
+    const dim3 grid(unsigned(ctas), unsigned(batch.num_problems));
+    kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(batch, v_tiles_per_head, chunks_per_head);
     return cudaGetLastError();
 }
 

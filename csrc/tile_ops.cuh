@@ -156,20 +156,21 @@ struct NoScale {
     __device__ __forceinline__ float operator()(int) const { return 1.f; }
 };
 
-// acc[MT][NT] += A * B over k in [0, 16 * k_steps), where a and b point at the
+// acc[MT][NT] += A * B over k in [0, 16 * kKSteps), where a and b point at the
 // warp's first row of A and first column of B. Column pairs np with 2 * np >=
 // nt_active are skipped (the all-zero causal part of a score tile); column k of A
 // is multiplied by k_scale(k).
-template <Major kA, Major kB, int MT, int NT, typename T, typename KScale>
+template <Major kA, Major kB, int kKSteps, int MT, int NT, typename T, typename KScale>
 __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* a, int lda, const T* b,
-                                          int ldb, int k_steps, int nt_active, KScale k_scale) {
+                                          int ldb, int nt_active, KScale k_scale) {
     static_assert(NT % 2 == 0, "B tiles are loaded in pairs");
     const int lane = threadIdx.x % 32;
     if constexpr (std::is_same_v<T, float>) {
         const int g = lane / 4, t = lane % 4;
         auto A = [&](int m, int k) { return kA == Major::kRow ? a[m * lda + k] : a[k * lda + m]; };
         auto B = [&](int k, int n) { return kB == Major::kRow ? b[k * ldb + n] : b[n * ldb + k]; };
-        for (int k = 0; k < 16 * k_steps; ++k) {
+#pragma unroll 2
+        for (int k = 0; k < 16 * kKSteps; ++k) {
             const float scale = k_scale(k);
             float a_lo[MT], a_hi[MT];
 #pragma unroll
@@ -193,7 +194,8 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* a, i
         }
     } else {
         const int t = lane % 4;
-        for (int ks = 0; ks < k_steps; ++ks) {
+#pragma unroll
+        for (int ks = 0; ks < kKSteps; ++ks) {
             const int k0 = 16 * ks;
             uint32_t af[MT][4];
 #pragma unroll
