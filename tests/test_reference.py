@@ -8,17 +8,6 @@ from conftest import random_inputs, relative_l2
 from lightning_attn2_cuda import build_slopes, lightning_attn, reference
 
 
-def recurrent(q, k, v, slope, scale):
-    """Token by token: S_t = lambda S_{t-1} + k_t^T v_t, o_t = scale q_t S_t (float64)."""
-    lam = torch.exp(-slope.double()).view(1, -1, 1, 1)
-    state = torch.zeros(q.shape[0], q.shape[1], q.shape[3], v.shape[3], dtype=torch.float64)
-    out = []
-    for t in range(q.shape[2]):
-        state = lam * state + k[:, :, t, :, None].double() * v[:, :, t, None, :].double()
-        out.append(scale * (q[:, :, t, None, :].double() @ state)[:, :, 0])
-    return torch.stack(out, dim=2)
-
-
 SLOPES = {
     "zero": lambda h: torch.zeros(h),
     "alibi": lambda h: build_slopes(h),
@@ -31,15 +20,65 @@ SLOPES = {
 def test_reference_forms_agree(seqlen, decay):
     q, k, v = random_inputs(2, 3, seqlen, 7, 5, torch.float64, "cpu")
     slope = SLOPES[decay](3).double()
-    expected = recurrent(q, k, v, slope, 0.5)
+    expected = reference.recurrent(q, k, v, slope, 0.5)
     assert relative_l2(reference.naive(q, k, v, slope, 0.5), expected) < 1e-12
     for block_size in (1, 16, 64):
         assert relative_l2(reference.blockwise(q, k, v, slope, 0.5, block_size), expected) < 1e-12
 
 
+def test_recurrent_form_is_the_definition():
+    """S_t = lambda S_{t-1} + k_t^T v_t, o_t = scale q_t S_t, written out for one head."""
+    q, k, v = random_inputs(1, 1, 5, 3, 2, torch.float64, "cpu")
+    lam, state, rows = 0.5, torch.zeros(3, 2, dtype=torch.float64), []
+    for t in range(5):
+        state = lam * state + torch.outer(k[0, 0, t], v[0, 0, t])
+        rows.append(2.0 * q[0, 0, t] @ state)
+    slope = torch.tensor([-math.log(lam)], dtype=torch.float64)
+    assert relative_l2(reference.recurrent(q, k, v, slope, 2.0)[0, 0], torch.stack(rows)) < 1e-14
+
+
+@pytest.mark.parametrize("seqlen", [1, 63, 64, 65, 150])
+@pytest.mark.parametrize("decay", list(SLOPES))
+def test_reference_forms_agree_with_states(seqlen, decay):
+    q, k, v = random_inputs(2, 3, seqlen, 6, 4, torch.float64, "cpu")
+    slope = SLOPES[decay](3).double()
+    initial = torch.randn(2, 3, 6, 4, dtype=torch.float64)
+    o, final = reference.recurrent(q, k, v, slope, 0.5, initial_state=initial, output_final_state=True)
+    for form in (reference.naive, reference.blockwise):
+        o_form, final_form = form(q, k, v, slope, 0.5, initial_state=initial, output_final_state=True)
+        assert relative_l2(o_form, o) < 1e-12 and relative_l2(final_form, final) < 1e-12
+
+
+def test_pieces_continue_from_the_state():
+    """Two calls, the second starting from the first's final state, make one call."""
+    q, k, v = random_inputs(1, 2, 150, 5, 7, torch.float64, "cpu")
+    slope = build_slopes(2).double()
+    whole, final = reference.blockwise(q, k, v, slope, output_final_state=True)
+    first, state = reference.blockwise(q[:, :, :70], k[:, :, :70], v[:, :, :70], slope, output_final_state=True)
+    second, final_pieces = reference.blockwise(
+        q[:, :, 70:], k[:, :, 70:], v[:, :, 70:], slope, initial_state=state, output_final_state=True
+    )
+    assert relative_l2(torch.cat([first, second], dim=2), whole) < 1e-12
+    assert relative_l2(final_pieces, final) < 1e-12
+
+
+def test_state_gradients_agree():
+    q, k, v = random_inputs(1, 2, 80, 4, 3, torch.float64, "cpu")
+    slope = torch.tensor([0.05, 1.0], dtype=torch.float64)
+    grads = []
+    for form in (reference.naive, reference.blockwise, reference.recurrent):
+        initial = torch.randn(1, 2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        initial.requires_grad_(True)
+        o, final = form(q, k, v, slope, 1.0, initial_state=initial, output_final_state=True)
+        (o.sum() + (final * final).sum()).backward()
+        grads.append(initial.grad)
+    for g in grads[1:]:
+        assert relative_l2(g, grads[0]) < 1e-12
+
+
 def test_no_slope_means_no_decay():
     q, k, v = random_inputs(1, 2, 70, 4, 4, torch.float64, "cpu")
-    expected = recurrent(q, k, v, torch.zeros(2), 1.0)
+    expected = reference.recurrent(q, k, v, torch.zeros(2), 1.0)
     assert relative_l2(reference.blockwise(q, k, v, None), expected) < 1e-12
     assert relative_l2(reference.naive(q, k, v, None), expected) < 1e-12
 
