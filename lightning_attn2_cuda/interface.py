@@ -3,6 +3,7 @@ import math
 import numbers
 
 import torch
+import torch.utils.weak
 
 from . import reference
 
@@ -13,6 +14,8 @@ except ImportError as error:  # not built: CPU tensors still work
     _C_IMPORT_ERROR = error
 
 MAX_HEAD_DIM = 256
+# slope tensor -> its version (tensor._version) whose values were found valid
+_slopes_checked = torch.utils.weak.WeakIdKeyDictionary()
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = _CUDA_DTYPES + (torch.float64,)
 
@@ -72,12 +75,16 @@ def _check_slope(slope, q):
         raise ValueError(f"slope must be on q's device {q.device}, got {slope.device}")
     if slope.requires_grad:
         raise ValueError("slope.requires_grad=True is not supported yet: the decay has no gradient (pass slope.detach())")
-    # Reading the values synchronises with the device; a CUDA graph capture cannot, so
-    # the check is skipped there (capture a call that ran once outside it).
-    if not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+    # Reading the values synchronises with the device, so each slope tensor is read
+    # once per version (an in-place change bumps it): a training loop that passes the
+    # same slope every step pays the host sync once. A CUDA graph capture cannot sync
+    # at all, so the check is skipped there (capture a call that ran once outside it).
+    checked = _slopes_checked.get(slope)
+    if checked != slope._version and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
         bad = ~torch.isfinite(slope) | (slope < 0)
         if bool(bad.any()):
             raise ValueError(f"slope must be finite and >= 0 (lambda = exp(-slope)), got {slope.flatten().tolist()}")
+        _slopes_checked[slope] = slope._version
     return slope.detach().reshape(heads).to(torch.float32).contiguous()
 
 

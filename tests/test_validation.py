@@ -48,6 +48,15 @@ def test_bad_input_is_named(make_args, error, words):
         assert word in str(info.value), f"{word!r} missing from: {info.value}"
 
 
+def test_slope_changed_in_place_is_checked_again():
+    args = good_inputs()
+    lightning_attn(**args)
+    lightning_attn(**args)  # the values are read once per version of the tensor
+    args["slope"][1] = -1.0
+    with pytest.raises(ValueError, match="slope must be finite and >= 0"):
+        lightning_attn(**args)
+
+
 def test_float16_on_cpu_is_allowed_but_int_is_not():
     args = good_inputs(dtype=torch.float16)
     assert lightning_attn(**args).dtype == torch.float16
