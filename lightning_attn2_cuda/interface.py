@@ -14,6 +14,8 @@ except ImportError as error:  # not built: CPU tensors still work
     _C_IMPORT_ERROR = error
 
 MAX_HEAD_DIM = 256
+MAX_CUDA_SEQLEN = 2**31 - 64  # so that the block count of a sequence fits an int
+MAX_CUDA_BATCH_HEADS = 2**31 - 1
 # slope tensor -> its version (tensor._version) whose values were found valid
 _slopes_checked = torch.utils.weak.WeakIdKeyDictionary()
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -34,7 +36,7 @@ def _check_tensor(name, x, dims):
 
 
 def _check_inputs(q, k, v, slope, scale):
-    """Raises TypeError/ValueError naming the bad argument; returns (slope as float32 [H] or None, scale)."""
+    """Raises TypeError/ValueError naming the bad argument; returns (slope as [H] or None, scale)."""
     _check_tensor("q", q, "[B, H, N, D]")
     _check_tensor("k", k, "[B, H, N, D]")
     _check_tensor("v", v, "[B, H, N, E]")
@@ -55,9 +57,22 @@ def _check_inputs(q, k, v, slope, scale):
     for name, dim in (("q and k head dim D", q.shape[3]), ("v head dim E", v.shape[3])):
         if not 1 <= dim <= MAX_HEAD_DIM:
             raise ValueError(f"{name} must be in [1, {MAX_HEAD_DIM}], got {dim}")
+    if q.is_cuda:
+        # The kernels count tokens and batch x heads in 32-bit ints.
+        batch, heads, seqlen = q.shape[:3]
+        if seqlen > MAX_CUDA_SEQLEN:
+            raise ValueError(f"q sequence length N must be at most {MAX_CUDA_SEQLEN} on CUDA, got {seqlen}")
+        if batch * heads > MAX_CUDA_BATCH_HEADS:
+            raise ValueError(f"q batch x heads must be at most {MAX_CUDA_BATCH_HEADS} on CUDA, got {batch * heads}")
 
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite real number, got {scale!r}")
+    # The kernels take the scale as float32.
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, numbers.Real)
+        or not math.isfinite(scale)
+        or abs(scale) > torch.finfo(torch.float32).max
+    ):
+        raise ValueError(f"scale must be a real number, finite in float32, got {scale!r}")
     return _check_slope(slope, q), float(scale)
 
 
@@ -75,21 +90,35 @@ def _check_slope(slope, q):
         raise ValueError(f"slope must be on q's device {q.device}, got {slope.device}")
     if slope.requires_grad:
         raise ValueError("slope.requires_grad=True is not supported yet: the decay has no gradient (pass slope.detach())")
+    # The CUDA kernels read float32 rates; the CPU path computes in q's precision.
+    rates = slope.detach().reshape(heads)
+    rates = rates.to(torch.float32).contiguous() if q.is_cuda else rates
     # Reading the values synchronises with the device, so each slope tensor is read
-    # once per version (an in-place change bumps it): a training loop that passes the
-    # same slope every step pays the host sync once. A CUDA graph capture cannot sync
-    # at all, so the check is skipped there (capture a call that ran once outside it).
-    checked = _slopes_checked.get(slope)
-    if checked != slope._version and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
-        bad = ~torch.isfinite(slope) | (slope < 0)
-        if bool(bad.any()):
-            raise ValueError(f"slope must be finite and >= 0 (lambda = exp(-slope)), got {slope.flatten().tolist()}")
-        _slopes_checked[slope] = slope._version
-    return slope.detach().reshape(heads).to(torch.float32).contiguous()
+    # once per version (an in-place change bumps it; writes through .data or memory
+    # shared with another library do not, and are not seen): a training loop that
+    # passes the same slope every step pays the host sync once. Inference tensors
+    # have no version and are read every time. A CUDA graph capture cannot sync at
+    # all, so the check is skipped there (capture a call that ran once outside it).
+    version = None if slope.is_inference() else slope._version
+    already_checked = version is not None and _slopes_checked.get(slope) == version
+    if not already_checked and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if bool((~torch.isfinite(rates) | (rates < 0)).any()):
+            raise ValueError(
+                f"slope must be finite (in {rates.dtype}) and >= 0 (lambda = exp(-slope)), "
+                f"got {slope.flatten().tolist()}"
+            )
+        if version is not None:
+            _slopes_checked[slope] = version
+    return rates
 
 
 def _last_dim_contiguous(x):
-    return x if x.stride(-1) == 1 else x.contiguous()
+    """x, or a copy, with stride 1 in the last dimension (all the kernels need)."""
+    if x.stride(-1) == 1:
+        return x
+    if x.size(-1) == 1:  # the stride of a size-1 dimension is arbitrary: restate it, no copy
+        return x.as_strided(x.size(), (*x.stride()[:-1], 1), x.storage_offset())
+    return x.contiguous()
 
 
 class _LightningAttnCUDA(torch.autograd.Function):

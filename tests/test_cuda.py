@@ -98,7 +98,7 @@ def test_inputs_not_modified():
 
 
 def test_expanded_output_gradient():
-    """o.sum() hands backward a stride-0 gradient."""
+    """o.sum() hands backward an all-stride-0 gradient (copied before the kernels)."""
     q, k, v = random_inputs(1, 2, 100, 32, 32, torch.float32, "cuda", requires_grad=True)
     lightning_attn(q, k, v, build_slopes(2).cuda()).sum().backward()
     expected = torch.autograd.grad(reference.naive(*(x.double() for x in (q, k, v)), build_slopes(2).double().cuda()).sum(), q)[0]

@@ -4,6 +4,7 @@ import torch
 
 from conftest import random_inputs, requires_cuda
 from lightning_attn2_cuda import build_slopes, lightning_attn
+from lightning_attn2_cuda.interface import _last_dim_contiguous
 
 
 def good_inputs(device="cpu", dtype=torch.float32):
@@ -37,6 +38,7 @@ CASES = [
     ("slope requires grad", lambda: replaced(slope=torch.ones(4, requires_grad=True)), ValueError, ["slope", "requires_grad"]),
     ("scale nan", lambda: replaced(scale=float("nan")), ValueError, ["scale", "nan"]),
     ("scale string", lambda: replaced(scale="1"), ValueError, ["scale", "'1'"]),
+    ("scale past float32", lambda: replaced(scale=1e39), ValueError, ["scale", "float32", "1e+39"]),
 ]
 
 
@@ -53,11 +55,23 @@ def test_slope_changed_in_place_is_checked_again():
     lightning_attn(**args)
     lightning_attn(**args)  # the values are read once per version of the tensor
     args["slope"][1] = -1.0
-    with pytest.raises(ValueError, match="slope must be finite and >= 0"):
+    with pytest.raises(ValueError, match="slope must be finite"):
         lightning_attn(**args)
 
 
-def test_float16_on_cpu_is_allowed_but_int_is_not():
+def test_slope_made_in_inference_mode():
+    """Inference tensors have no version counter: their values are read every call."""
+    with torch.inference_mode():
+        slope = build_slopes(4)
+    args = {**good_inputs(), "slope": slope}
+    lightning_attn(**args)
+    with torch.inference_mode():
+        slope[0] = float("nan")
+    with pytest.raises(ValueError, match="slope must be finite"):
+        lightning_attn(**args)
+
+
+def test_float16_on_cpu_is_allowed():
     args = good_inputs(dtype=torch.float16)
     assert lightning_attn(**args).dtype == torch.float16
 
@@ -80,9 +94,45 @@ def test_cuda_rejects_float64():
 
 
 @requires_cuda
+def test_cuda_rejects_slope_that_overflows_float32():
+    args = good_inputs("cuda")
+    slope = torch.tensor([0.1, 1e300, 0.2, 0.3], dtype=torch.float64, device="cuda")
+    with pytest.raises(ValueError, match=r"slope must be finite \(in torch.float32\)"):
+        lightning_attn(**{**args, "slope": slope})
+
+
+@requires_cuda
+def test_cuda_rejects_sequences_past_int32():
+    """Shape checks only: expanded views take no memory."""
+    q = torch.zeros(1, device="cuda").expand(1, 1, 2**31, 1)
+    with pytest.raises(ValueError, match="sequence length N must be at most"):
+        lightning_attn(q, q, q)
+
+
+@requires_cuda
 def test_cuda_rejects_mixed_devices():
     args = good_inputs("cuda")
     with pytest.raises(ValueError, match="v must be on q's device cuda:0, got cpu"):
         lightning_attn(**{**args, "v": args["v"].cpu()})
     with pytest.raises(ValueError, match="slope must be on q's device cuda:0, got cpu"):
         lightning_attn(**{**args, "slope": args["slope"].cpu()})
+
+
+def test_strided_views_reach_the_kernels_without_a_copy():
+    bnhd = torch.randn(2, 50, 4, 8)
+    view = bnhd.transpose(1, 2)  # [B, H, N, D] view, last dim contiguous
+    assert _last_dim_contiguous(view) is view
+
+
+def test_size_one_last_dim_gets_stride_one_without_a_copy():
+    x = torch.randn(2, 3, 1, 7).transpose(2, 3)  # [2, 3, 7, 1] with stride(-1) == 7
+    y = _last_dim_contiguous(x)
+    assert y.stride(-1) == 1 and y.data_ptr() == x.data_ptr() and torch.equal(y, x)
+    grad = torch.ones(1, 1, 1, 1).expand(1, 1, 1, 1).as_strided((1, 1, 1, 1), (0, 0, 0, 0))
+    assert _last_dim_contiguous(grad).stride(-1) == 1
+
+
+def test_other_layouts_are_copied():
+    x = torch.randn(2, 3, 5, 4).transpose(2, 3)  # last dim strided
+    y = _last_dim_contiguous(x)
+    assert y.stride(-1) == 1 and torch.equal(y, x)
