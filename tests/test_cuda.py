@@ -61,6 +61,14 @@ def test_no_slope_and_official_slope_shape(dtype, poison_allocations):
     assert torch.equal(lightning_attn(q, k, v, slope.view(4, 1, 1)), lightning_attn(q, k, v, slope))
 
 
+@pytest.mark.parametrize("seqlen", [1000, 4097])
+def test_one_launch_with_different_widths(seqlen, poison_allocations):
+    """fp32 D=80, E=128: the dq/dk sweeps (3 slices of 32 columns) and the dv sweep
+    (4 slices) share one launch."""
+    q, k, v = random_inputs(2, 3, seqlen, 80, 128, torch.float32, "cuda", requires_grad=True)
+    run_and_check(q, k, v, build_slopes(3).cuda(), 0.5, TOLERANCE[torch.float32])
+
+
 def test_long_sequence(poison_allocations):
     q, k, v = random_inputs(1, 2, 65536, 128, 128, torch.bfloat16, "cuda", requires_grad=True)
     run_and_check(q, k, v, build_slopes(2).cuda(), 1.0, TOLERANCE[torch.bfloat16])
