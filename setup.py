@@ -35,7 +35,7 @@ def gencode_flags():
     return flags
 
 
-sources = ["csrc/api.cpp", "csrc/dispatch.cu"] + sorted(
+sources = ["csrc/api.cpp", "csrc/dispatch.cu", "csrc/chunk_passes.cu", "csrc/decode.cu"] + sorted(
     str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "instantiations").glob("sweep_*.cu")
 )
 

@@ -11,12 +11,21 @@ s_i = 2^(-8(i+1)/H), and the peak extra memory of one forward+backward. A device
 copy timed in the same run gives the bandwidth for the memory floor (4 tensors forward,
 11 forward+backward). An anchor that is not installed or raises gets null times and a "note";
 the script exits 1 only when "ours" fails (after writing the results) or no CUDA GPU is
-visible. To add rows (varlen, decode), write a function that returns rows and append it to
-CASES.
+visible. To add rows, write a function that returns rows and append it to CASES.
+
+Two more tables:
+- varlen: 16 packed sequences of mixed lengths totalling 65536 tokens, H = 16, [1, T, H, D]
+  with cu_seqlens (ours and FLA chunk_simple_gla), beside ours on the same tokens as an
+  equal-length batch of 16 x 4096.
+- decode: one token per sequence against fp32 states (B64 H32 and B256 H16): ours
+  lightning_attn_decode updating the cache in place, FLA fused_recurrent_simple_gla with
+  initial_state and output_final_state. Reported as state bytes read + written per second
+  against the copy bandwidth.
 """
 import argparse
 import inspect
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -151,33 +160,111 @@ def describe(exc):
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
+def timed_row(case, name, b, h, n, load, layout, args, ctx, **extra):
+    """One implementation's fwd / fwd+bwd row on [b, h, n] inputs; an anchor that fails
+    gets a note instead of times and does not end the run."""
+    tensor_bytes = b * h * n * D * 2
+    row = {"case": case, "impl": name, "B": b, "H": h, "N": n, "D": D, "E": E, "dtype": "bf16", **extra,
+           "fwd_ms": None, "fwdbwd_ms": None, "peak_mib": None,
+           "floor_fwd_ms": FWD_TENSORS * tensor_bytes / (ctx["copy_tbps"] * 1e9),
+           "floor_fwdbwd_ms": FWDBWD_TENSORS * tensor_bytes / (ctx["copy_tbps"] * 1e9),
+           "gpu": ctx["gpu"], "copy_tbps": ctx["copy_tbps"]}
+    torch.manual_seed(0)
+    try:
+        measure_impl(row, load(), layout, args.quick)
+    except Exception as exc:
+        row["note"] = describe(exc)
+        print(f"  skipped {case} {name} at B{b} H{h} N{n}: {row['note']}", flush=True)
+    else:
+        print(f"  {case} {name:18s} B{b} H{h} N{n}: fwd {row['fwd_ms']:.3f} ms, "
+              f"fwd+bwd {row['fwdbwd_ms']:.3f} ms, peak {row['peak_mib']:.0f} MiB", flush=True)
+    torch.cuda.empty_cache()  # the failed or finished impl's tensors are gone now
+    return row
+
+
 def dense_causal_rows(args, ctx):
     """The main table: one row per (impl, shape) of full causal attention."""
     rows = []
     for b, h, n in args.shapes:
         s = alibi_slopes(h)
-        tensor_bytes = b * h * n * D * 2
         for name in args.impls:
-            row = {"case": "dense", "impl": name, "B": b, "H": h, "N": n, "D": D, "E": E,
-                   "dtype": "bf16", "fwd_ms": None, "fwdbwd_ms": None, "peak_mib": None,
-                   "floor_fwd_ms": FWD_TENSORS * tensor_bytes / (ctx["copy_tbps"] * 1e9),
-                   "floor_fwdbwd_ms": FWDBWD_TENSORS * tensor_bytes / (ctx["copy_tbps"] * 1e9),
-                   "gpu": ctx["gpu"], "copy_tbps": ctx["copy_tbps"]}
-            torch.manual_seed(0)
-            try:
-                measure_impl(row, LOADERS[name](s), LAYOUT[name], args.quick)
-            except Exception as exc:  # an anchor that fails must not end the run
-                row["note"] = describe(exc)
-                print(f"  skipped {name} at B{b} H{h} N{n}: {row['note']}", flush=True)
-            else:
-                print(f"  {name:16s} B{b} H{h} N{n}: fwd {row['fwd_ms']:.3f} ms, "
-                      f"fwd+bwd {row['fwdbwd_ms']:.3f} ms, peak {row['peak_mib']:.0f} MiB", flush=True)
-            rows.append(row)
-            torch.cuda.empty_cache()  # the failed or finished impl's tensors are gone now
+            rows.append(timed_row("dense", name, b, h, n, lambda: LOADERS[name](s), LAYOUT[name], args, ctx))
     return rows
 
 
-CASES = [dense_causal_rows]
+VARLEN_TOKENS, VARLEN_SEQS, VARLEN_HEADS = 65536, 16, 16
+DECODE_SHAPES = [(64, 32), (256, 16)]
+
+
+def varlen_lengths():
+    """16 mixed lengths (782 to 6623, like ANCHORS.md's 668 to 6771) that sum to 65536, fixed."""
+    rng = random.Random(1)
+    raw = [rng.uniform(1.0, 10.0) for _ in range(VARLEN_SEQS)]
+    lengths = [round(VARLEN_TOKENS * r / sum(raw)) for r in raw]
+    lengths[-1] += VARLEN_TOKENS - sum(lengths)
+    return lengths
+
+
+def varlen_rows(args, ctx):
+    lengths = varlen_lengths()
+    cu = torch.tensor([0] + lengths, device="cuda").cumsum(0)
+    s = alibi_slopes(VARLEN_HEADS)
+
+    def ours_packed():
+        import lightning_attn2_cuda
+        cu32 = cu.to(torch.int32)
+        return lambda q, k, v: lightning_attn2_cuda.lightning_attn(q, k, v, s, 1.0, cu_seqlens=cu32, layout="BNHD")
+
+    def fla_packed():
+        from fla.ops.simple_gla import chunk_simple_gla
+        return lambda q, k, v: chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0, cu_seqlens=cu)[0]
+
+    impls = {"ours": (ours_packed, (1, VARLEN_TOKENS), "BTHD"),
+             "ours_equal_length": (lambda: LOADERS["ours"](s), (VARLEN_SEQS, VARLEN_TOKENS // VARLEN_SEQS), "BHND"),
+             "fla_chunk": (fla_packed, (1, VARLEN_TOKENS), "BTHD")}
+    return [timed_row("varlen", name, b, VARLEN_HEADS, n, load, layout, args, ctx, lengths=lengths)
+            for name, (load, (b, n), layout) in impls.items() if name.removesuffix("_equal_length") in args.impls]
+
+
+def decode_rows(args, ctx):
+    rows = []
+    for b, h in DECODE_SHAPES:
+        s = alibi_slopes(h)
+        state_bytes = 2 * b * h * D * E * 4  # fp32 state read and written
+        torch.manual_seed(0)
+        q, k = (torch.randn(b, h, D, device="cuda", dtype=DTYPE) for _ in range(2))
+        v = torch.randn(b, h, E, device="cuda", dtype=DTYPE)
+        cache = torch.randn(b, h, D, E, device="cuda")
+
+        def ours():
+            import lightning_attn2_cuda
+            return lambda: lightning_attn2_cuda.lightning_attn_decode(q, k, v, cache, s, 1.0)
+
+        def fla():
+            from fla.ops.simple_gla import fused_recurrent_simple_gla
+            q4, k4, v4 = (x[:, None] for x in (q, k, v))  # [B, 1, H, dim]
+            return lambda: fused_recurrent_simple_gla(q4, k4, v4, g_gamma=-s, scale=1.0, initial_state=cache,
+                                                      output_final_state=True)
+        for name, load in (("ours", ours), ("fla_fused_recurrent", fla)):
+            if name.split("_")[0] not in [i.split("_")[0] for i in args.impls]:
+                continue
+            row = {"case": "decode", "impl": name, "B": b, "H": h, "D": D, "E": E, "dtype": "bf16",
+                   "state_bytes": state_bytes, "ms": None, "gpu": ctx["gpu"], "copy_tbps": ctx["copy_tbps"]}
+            try:
+                row["ms"] = time_ms(load(), args.quick)
+                row["state_tbps"] = state_bytes / (row["ms"] * 1e-3) / 1e12
+                row["fraction_of_copy"] = row["state_tbps"] / ctx["copy_tbps"]
+            except Exception as exc:
+                row["note"] = describe(exc)
+                print(f"  skipped decode {name} B{b} H{h}: {row['note']}", flush=True)
+            else:
+                print(f"  decode {name:20s} B{b} H{h}: {row['ms'] * 1e3:.1f} us, {row['state_tbps']:.2f} TB/s "
+                      f"({100 * row['fraction_of_copy']:.0f}% of copy)", flush=True)
+            rows.append(row)
+    return rows
+
+
+CASES = [dense_causal_rows, varlen_rows, decode_rows]
 
 
 # ---------------------------------------------------------------- report
@@ -213,8 +300,41 @@ def dense_markdown(rows, impls):
     return "\n".join(lines)
 
 
+def varlen_markdown(rows):
+    rs = [r for r in rows if r.get("case") == "varlen"]
+    if not rs:
+        return ""
+    ours = next((r for r in rs if r["impl"] == "ours"), None)
+    lines = [f"Varlen: {VARLEN_SEQS} sequences, {VARLEN_TOKENS} tokens, H = {VARLEN_HEADS} "
+             f"(lengths {min(rs[0]['lengths'])} to {max(rs[0]['lengths'])}); floor "
+             f"{fmt(rs[0]['floor_fwd_ms'])} / {fmt(rs[0]['floor_fwdbwd_ms'])} ms.", "",
+             "| impl | fwd / fwd+bwd ms | vs ours packed fwd / fwd+bwd | / floor fwd / fwd+bwd | peak MiB |",
+             "|---|---|---|---|---|"]
+    for r in rs:
+        vs = " / ".join(fmt_ratio(r[t], ours[t]) if ours else "—" for t in ("fwd_ms", "fwdbwd_ms"))
+        floor = " / ".join(fmt_ratio(r[t], r[f"floor_{t}"]) for t in ("fwd_ms", "fwdbwd_ms"))
+        peak = "—" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        lines.append(f"| {r['impl']} | {fmt(r['fwd_ms'])} / {fmt(r['fwdbwd_ms'])} | {vs} | {floor} | {peak} |")
+    return "\n".join(lines)
+
+
+def decode_markdown(rows):
+    rs = [r for r in rows if r.get("case") == "decode"]
+    if not rs:
+        return ""
+    lines = ["Decode: one token per sequence, fp32 state read + written.", "",
+             "| B, H | impl | us | state TB/s | of copy |", "|---|---|---|---|---|"]
+    for r in rs:
+        if r["ms"] is None:
+            lines.append(f"| {r['B']}, {r['H']} | {r['impl']} | — | — | — |")
+        else:
+            lines.append(f"| {r['B']}, {r['H']} | {r['impl']} | {r['ms'] * 1e3:.1f} | {r['state_tbps']:.2f} | "
+                         f"{100 * r['fraction_of_copy']:.0f}% |")
+    return "\n".join(lines)
+
+
 def markdown_report(rows, impls, ctx):
-    notes = [f"- {r['impl']} at B{r['B']} H{r['H']} N{r['N']}: {r['note']}" for r in rows if "note" in r]
+    notes = [f"- {r['case']} {r['impl']} at B{r['B']} H{r['H']}: {r['note']}" for r in rows if "note" in r]
     return "\n".join([
         f"# Lightning Attention-2 benchmark on {ctx['gpu']}",
         "",
@@ -224,6 +344,10 @@ def markdown_report(rows, impls, ctx):
         "Speed-up = anchor ms / ours ms; peak = extra memory of one fwd+bwd.",
         "",
         dense_markdown(rows, impls),
+        "",
+        varlen_markdown(rows),
+        "",
+        decode_markdown(rows),
         *(["", "Skipped:", *notes] if notes else []),
     ])
 

@@ -20,80 +20,123 @@ constexpr size_t kWorkspaceAlign = 256;
 struct TileConfig {
     int head_dim_qk;  // dim_qk padded up to a compiled size
     int tile_v;       // v columns per CTA
+    bool decay_derivative;
     bool operator==(const TileConfig& other) const {
-        return head_dim_qk == other.head_dim_qk && tile_v == other.tile_v;
+        return head_dim_qk == other.head_dim_qk && tile_v == other.tile_v &&
+               decay_derivative == other.decay_derivative;
     }
 };
 
 struct SweepPlan {
     TileConfig tiles;
-    int num_chunks;
+    int v_tiles;  // column slices of dim_v
     int chunk_blocks;
-    size_t workspace_bytes;  // chunk states, rounded up to kWorkspaceAlign
+    int chunks_per_seq;  // equal-length batches
+    int max_chunks;
+    bool chunked;
+    size_t pack_bytes;   // seq_start and chunk_start of packed sequences
+    size_t state_bytes;  // chunk states
 };
+
+size_t aligned(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
 
 int padded_head_dim(int dim) { return dim <= 32 ? 32 : dim <= 64 ? 64 : dim <= 128 ? 128 : 256; }
 
+// Chunks are cut when the launch would leave SMs idle, so as to give every SM two CTAs.
+// `parallel`: CTAs per chunk row (problems x heads x v slices, and x batch for
+// equal-length sequences).
 SweepPlan plan_with_tiles(const LinearAttnParams& p, TileConfig tiles, int num_problems, int num_sms) {
-    const int64_t v_tiles = (p.dim_v + tiles.tile_v - 1) / tiles.tile_v;
-    const int64_t ctas = int64_t(num_problems) * p.batch * p.heads * v_tiles;
-    const int num_blocks = (p.seqlen + kSweepBlockN - 1) / kSweepBlockN;
-    // Cut the sequences when the launch would leave SMs idle, into enough chunks
-    // to give every SM two CTAs.
-    const int64_t wanted = ctas >= num_sms ? 1 : (2 * int64_t(num_sms) + ctas - 1) / ctas;
-    int num_chunks = int(std::max<int64_t>(1, std::min<int64_t>(wanted, num_blocks / kMinChunkBlocks)));
-    const int chunk_blocks = std::max(1, (num_blocks + num_chunks - 1) / num_chunks);
-    num_chunks = std::max(1, (num_blocks + chunk_blocks - 1) / chunk_blocks);
-    const size_t state_bytes = size_t(num_chunks - 1) * p.batch * p.heads * v_tiles * tiles.head_dim_qk *
-                               tiles.tile_v * sizeof(float);
-    return {tiles, num_chunks, chunk_blocks, (state_bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign};
+    SweepPlan plan{};
+    plan.tiles = tiles;
+    plan.v_tiles = (p.dim_v + tiles.tile_v - 1) / tiles.tile_v;
+    const int64_t per_chunk_row = int64_t(num_problems) * p.heads * plan.v_tiles;
+    const int64_t wanted_rows = (2 * int64_t(num_sms) + per_chunk_row - 1) / per_chunk_row;
+    int64_t slots = 0;  // chunk states: chunks that are not last in their sequence
+    // The derivative sweep has no chunk passes: one CTA walks each whole sequence.
+    const bool may_chunk = !p.decay_derivative;
+    if (p.cu_seqlens == nullptr) {
+        const int num_blocks = (p.seqlen + kSweepBlockN - 1) / kSweepBlockN;
+        const int64_t ctas = per_chunk_row * p.batch;
+        const int64_t wanted = ctas >= num_sms || !may_chunk ? 1 : (wanted_rows + p.batch - 1) / p.batch;
+        int num_chunks = int(std::max<int64_t>(1, std::min<int64_t>(wanted, num_blocks / kMinChunkBlocks)));
+        plan.chunk_blocks = std::max(1, (num_blocks + num_chunks - 1) / num_chunks);
+        plan.chunks_per_seq = std::max(1, (num_blocks + plan.chunk_blocks - 1) / plan.chunk_blocks);
+        plan.max_chunks = p.batch * plan.chunks_per_seq;
+        plan.chunked = plan.chunks_per_seq > 1;
+        slots = int64_t(p.batch) * (plan.chunks_per_seq - 1);
+    } else {
+        // The lengths live on the device: size chunks for the whole token count, so
+        // that a sequence much longer than the rest is cut rather than left running
+        // alone. Sequence n has max(1, ceil(len_n / L)) chunks, L = chunk_blocks *
+        // kBlockN tokens: at most seqlen / L + num_seqs in all, seqlen / L not last.
+        const int64_t blocks = (int64_t(p.seqlen) + kSweepBlockN - 1) / kSweepBlockN + p.num_seqs;
+        plan.chunk_blocks = int(may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows)
+                                          : blocks);
+        const int64_t chunk_tokens = int64_t(plan.chunk_blocks) * kSweepBlockN;
+        slots = p.seqlen / chunk_tokens;
+        plan.chunks_per_seq = 0;
+        plan.max_chunks = int(p.num_seqs + slots);
+        plan.chunked = slots > 0;
+        plan.pack_bytes = aligned(3 * (size_t(p.num_seqs) + 1) * sizeof(int));
+    }
+    plan.state_bytes = aligned(size_t(slots) * p.heads * plan.v_tiles * tiles.head_dim_qk * tiles.tile_v * sizeof(float));
+    return plan;
 }
 
-// num_problems: problems of the whole call, which run side by side.
+// num_problems: problems of the call with this problem's tiles, which run side by side.
 SweepPlan plan_sweep(const LinearAttnParams& p, DType dtype, int num_problems, int num_sms) {
     const int head_dim_qk = padded_head_dim(p.dim_qk);
     // fp32 (SIMT) keeps its state in 32-column slices: the registers hold no more.
-    // So does head dim 256: a 256 x 64 fp32 state is 128 registers per thread.
-    if (dtype == DType::kFloat32 || head_dim_qk == 256 || p.dim_v <= 32) {
-        return plan_with_tiles(p, {head_dim_qk, 32}, num_problems, num_sms);
+    // So does head dim 256: a 256 x 64 fp32 state is 128 registers per thread, and
+    // the derivative sweep, which keeps two states.
+    if (dtype == DType::kFloat32 || head_dim_qk == 256 || p.dim_v <= 32 || p.decay_derivative) {
+        return plan_with_tiles(p, {head_dim_qk, 32, p.decay_derivative}, num_problems, num_sms);
     }
     // 64 columns halve the recomputation of Q K^T across slices. When even cut into
     // chunks that leaves SMs idle (short sequences, few heads), twice the CTAs at 32
     // columns finish sooner.
-    const SweepPlan wide = plan_with_tiles(p, {head_dim_qk, 64}, num_problems, num_sms);
-    const int64_t wide_ctas = int64_t(num_problems) * p.batch * p.heads * ((p.dim_v + 63) / 64) * wide.num_chunks;
-    if (wide_ctas >= num_sms) return wide;
-    return plan_with_tiles(p, {head_dim_qk, 32}, num_problems, num_sms);
+    const SweepPlan wide = plan_with_tiles(p, {head_dim_qk, 64, false}, num_problems, num_sms);
+    if (int64_t(num_problems) * p.heads * wide.v_tiles * wide.max_chunks >= num_sms) return wide;
+    return plan_with_tiles(p, {head_dim_qk, 32, false}, num_problems, num_sms);
 }
 
 template <typename T>
-cudaError_t launch_tiles(TileConfig tiles, const LinearAttnBatch& batch, cudaStream_t stream) {
+cudaError_t launch_tiles(TileConfig tiles, const LinearAttnBatch& batch, SweepPass pass, cudaStream_t stream) {
+    if (tiles.decay_derivative) {
+        switch (tiles.head_dim_qk) {
+            case 32: return launch_linear_attn_sweep<T, 32, 32, true>(batch, pass, stream);
+            case 64: return launch_linear_attn_sweep<T, 64, 32, true>(batch, pass, stream);
+            case 128: return launch_linear_attn_sweep<T, 128, 32, true>(batch, pass, stream);
+            default: return launch_linear_attn_sweep<T, 256, 32, true>(batch, pass, stream);
+        }
+    }
     if constexpr (std::is_same_v<T, float>) {
         switch (tiles.head_dim_qk) {
-            case 32: return launch_linear_attn_sweep<T, 32, 32>(batch, stream);
-            case 64: return launch_linear_attn_sweep<T, 64, 32>(batch, stream);
-            case 128: return launch_linear_attn_sweep<T, 128, 32>(batch, stream);
-            default: return launch_linear_attn_sweep<T, 256, 32>(batch, stream);
+            case 32: return launch_linear_attn_sweep<T, 32, 32, false>(batch, pass, stream);
+            case 64: return launch_linear_attn_sweep<T, 64, 32, false>(batch, pass, stream);
+            case 128: return launch_linear_attn_sweep<T, 128, 32, false>(batch, pass, stream);
+            default: return launch_linear_attn_sweep<T, 256, 32, false>(batch, pass, stream);
         }
     } else {
         const bool wide = tiles.tile_v == 64;
         switch (tiles.head_dim_qk) {
-            case 32: return wide ? launch_linear_attn_sweep<T, 32, 64>(batch, stream)
-                                 : launch_linear_attn_sweep<T, 32, 32>(batch, stream);
-            case 64: return wide ? launch_linear_attn_sweep<T, 64, 64>(batch, stream)
-                                 : launch_linear_attn_sweep<T, 64, 32>(batch, stream);
-            case 128: return wide ? launch_linear_attn_sweep<T, 128, 64>(batch, stream)
-                                  : launch_linear_attn_sweep<T, 128, 32>(batch, stream);
-            default: return launch_linear_attn_sweep<T, 256, 32>(batch, stream);
+            case 32: return wide ? launch_linear_attn_sweep<T, 32, 64, false>(batch, pass, stream)
+                                 : launch_linear_attn_sweep<T, 32, 32, false>(batch, pass, stream);
+            case 64: return wide ? launch_linear_attn_sweep<T, 64, 64, false>(batch, pass, stream)
+                                 : launch_linear_attn_sweep<T, 64, 32, false>(batch, pass, stream);
+            case 128: return wide ? launch_linear_attn_sweep<T, 128, 64, false>(batch, pass, stream)
+                                  : launch_linear_attn_sweep<T, 128, 32, false>(batch, pass, stream);
+            default: return launch_linear_attn_sweep<T, 256, 32, false>(batch, pass, stream);
         }
     }
 }
 
-cudaError_t launch_group(DType dtype, TileConfig tiles, const LinearAttnBatch& batch, cudaStream_t stream) {
+cudaError_t launch_sweep(DType dtype, TileConfig tiles, const LinearAttnBatch& batch, SweepPass pass,
+                         cudaStream_t stream) {
     switch (dtype) {
-        case DType::kFloat16: return launch_tiles<__half>(tiles, batch, stream);
-        case DType::kBFloat16: return launch_tiles<__nv_bfloat16>(tiles, batch, stream);
-        default: return launch_tiles<float>(tiles, batch, stream);
+        case DType::kFloat16: return launch_tiles<__half>(tiles, batch, pass, stream);
+        case DType::kBFloat16: return launch_tiles<__nv_bfloat16>(tiles, batch, pass, stream);
+        default: return launch_tiles<float>(tiles, batch, pass, stream);
     }
 }
 
@@ -103,7 +146,13 @@ cudaError_t plan_all(const LinearAttnParams* problems, int num_problems, DType d
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
     if (err != cudaSuccess) return err;
+    // Plan as if all problems shared a launch, then again with the number that
+    // actually share each one's tiles.
     for (int i = 0; i < num_problems; ++i) plans[i] = plan_sweep(problems[i], dtype, num_problems, num_sms);
+    int sharing[kMaxProblems] = {};
+    for (int i = 0; i < num_problems; ++i)
+        for (int j = 0; j < num_problems; ++j) sharing[i] += plans[i].tiles == plans[j].tiles;
+    for (int i = 0; i < num_problems; ++i) plans[i] = plan_sweep(problems[i], dtype, sharing[i], num_sms);
     return cudaSuccess;
 }
 
@@ -113,7 +162,7 @@ size_t linear_attn_workspace_bytes(const LinearAttnParams* problems, int num_pro
     SweepPlan plans[kMaxProblems];
     if (plan_all(problems, num_problems, dtype, plans) != cudaSuccess) return 0;
     size_t bytes = 0;
-    for (int i = 0; i < num_problems; ++i) bytes += plans[i].workspace_bytes;
+    for (int i = 0; i < num_problems; ++i) bytes += plans[i].pack_bytes + plans[i].state_bytes;
     return bytes;
 }
 
@@ -126,32 +175,39 @@ cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems, 
     ChunkPlan chunks[kMaxProblems];
     char* free_workspace = static_cast<char*>(workspace);
     for (int i = 0; i < num_problems; ++i) {
-        chunks[i] = {plans[i].num_chunks, plans[i].chunk_blocks, reinterpret_cast<float*>(free_workspace)};
-        free_workspace += plans[i].workspace_bytes;
+        const SweepPlan& plan = plans[i];
+        int* pack = reinterpret_cast<int*>(free_workspace);
+        const bool packed = problems[i].cu_seqlens != nullptr;
+        const int entries = problems[i].num_seqs + 1;
+        chunks[i] = {plan.chunk_blocks, plan.chunks_per_seq, plan.max_chunks, plan.chunked,
+                     packed ? pack : nullptr, packed ? pack + entries : nullptr, packed ? pack + 2 * entries : nullptr,
+                     reinterpret_cast<float*>(free_workspace + plan.pack_bytes)};
+        free_workspace += plan.pack_bytes + plan.state_bytes;
     }
 
-    // Problems with equal tiles share one launch (blockIdx.y picks the problem).
+    // Problems with equal tiles share each launch (blockIdx.y picks the problem).
     bool launched[kMaxProblems] = {};
     for (int i = 0; i < num_problems; ++i) {
         if (launched[i]) continue;
         LinearAttnBatch batch{};
-        bool any_chunked = false;
+        batch.state_elems = plans[i].tiles.head_dim_qk * plans[i].tiles.tile_v;
+        bool any_packed = false, any_chunked = false;
         for (int j = i; j < num_problems; ++j) {
             if (!launched[j] && plans[j].tiles == plans[i].tiles) {
                 batch.problems[batch.num_problems] = problems[j];
-                batch.chunks[batch.num_problems++] = chunks[j];
-                any_chunked |= chunks[j].num_chunks > 1;
+                batch.chunks[batch.num_problems] = chunks[j];
+                batch.v_tiles[batch.num_problems++] = plans[j].v_tiles;
+                any_packed |= problems[j].cu_seqlens != nullptr;
+                any_chunked |= chunks[j].chunked;
                 launched[j] = true;
             }
         }
+        if (any_packed && (err = launch_pack_sequences(batch, stream)) != cudaSuccess) return err;
         if (any_chunked) {
-            batch.state_pass = true;
-            err = launch_group(dtype, plans[i].tiles, batch, stream);
-            if (err != cudaSuccess) return err;
+            if ((err = launch_sweep(dtype, plans[i].tiles, batch, SweepPass::kState, stream)) != cudaSuccess) return err;
+            if ((err = launch_chunk_prefix(batch, stream)) != cudaSuccess) return err;
         }
-        batch.state_pass = false;
-        err = launch_group(dtype, plans[i].tiles, batch, stream);
-        if (err != cudaSuccess) return err;
+        if ((err = launch_sweep(dtype, plans[i].tiles, batch, SweepPass::kOutput, stream)) != cudaSuccess) return err;
     }
     return cudaSuccess;
 }

@@ -9,9 +9,12 @@ namespace lightning_attn2 {
 // kBlockN x kBlockN tile and the recurrence takes N / kBlockN steps.
 constexpr int kSweepBlockN = 64;
 
-template <typename T, int kHeadDimQK_, int kTileV_>
+template <typename T, int kHeadDimQK_, int kTileV_, bool kDecayDerivative_>
 struct KernelTraits {
     using Element = T;
+    // The sweep of d/dslope (LinearAttnParams::decay_derivative): a second state.
+    static constexpr bool kDecayDerivative = kDecayDerivative_;
+    static constexpr int kStates = kDecayDerivative ? 2 : 1;
     // q/k head dim, padded up to this (zeros past dim_qk).
     static constexpr int kHeadDimQK = kHeadDimQK_;
     // Columns of v and o owned by one CTA: the state slice KV[:, tile] it keeps.
@@ -36,13 +39,13 @@ struct KernelTraits {
     static constexpr int kStateRowsPerWarp = kHeadDimQK / kStateWarpsAlongD;
     static constexpr int kStateColsPerWarp = kTileV / kStateWarpsAlongV;
 
-    // Shared memory: kStages x (Q, K, V tiles), the state in T for the tensor
+    // Shared memory: kStages x (Q, K, V tiles), the state(s) in T for the tensor
     // cores, and the decay powers lambda^0 .. lambda^kBlockN.
     static constexpr size_t kQKTileElems = size_t(kBlockN) * kLdQK;
     static constexpr size_t kVTileElems = size_t(kBlockN) * kLdV;
     static constexpr size_t kStateElems = size_t(kHeadDimQK) * kLdV;
     static constexpr size_t kSmemBytes =
-        (kStages * (2 * kQKTileElems + kVTileElems) + kStateElems) * sizeof(T) +
+        (kStages * (2 * kQKTileElems + kVTileElems) + kStates * kStateElems) * sizeof(T) +
         (kBlockN + 1) * sizeof(float);
 
     static_assert(kHeadDimQK % 32 == 0 && kHeadDimQK <= 256, "head dim tile");

@@ -11,25 +11,39 @@
 
 #include "kernel_traits.h"
 #include "launch.h"
+#include "sequences.cuh"
 #include "tile_ops.cuh"
 
 namespace lightning_attn2 {
 
 // Weight of key s in the state update of a block holding `valid` tokens:
-// lambda^(valid - 1 - s), the decay from token s to the end of the block.
+// kv_scale lambda^(valid - 1 - s), the decay from token s to the end of the block.
 struct KeyDecay {
     static constexpr bool kEnabled = true;
     const float* decay_pow;  // lambda^i for i in [0, kBlockN]
     int valid;
+    float kv_scale;
     __device__ __forceinline__ float operator()(int s) const {
-        return s < valid ? decay_pow[valid - 1 - s] : 0.f;
+        return s < valid ? kv_scale * decay_pow[valid - 1 - s] : 0.f;
+    }
+};
+
+// Its derivative in -slope, the weight of key s in the update of S':
+// kv_scale (valid - 1 - s) lambda^(valid - 1 - s).
+struct KeyDecayDerivative {
+    static constexpr bool kEnabled = true;
+    const float* decay_pow;
+    int valid;
+    float kv_scale;
+    __device__ __forceinline__ float operator()(int s) const {
+        return s < valid ? kv_scale * float(valid - 1 - s) * decay_pow[valid - 1 - s] : 0.f;
     }
 };
 
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads)
-    linear_attn_sweep_kernel(const __grid_constant__ LinearAttnBatch batch, int v_tiles_per_head,
-                             int chunks_per_head) {
+    linear_attn_sweep_kernel(const __grid_constant__ LinearAttnBatch batch, SweepPass pass, int heads,
+                             int v_tiles_per_head) {
     using T = typename Traits::Element;
     constexpr int kBlockN = Traits::kBlockN;
     constexpr int kHeadDimQK = Traits::kHeadDimQK;
@@ -43,19 +57,23 @@ __global__ void __launch_bounds__(Traits::kThreads)
     constexpr int kScoreTiles = kBlockN / 8;    // n-tiles of a score row slab
     constexpr int kStateMT = Traits::kStateRowsPerWarp / 16;
     constexpr int kStateNT = Traits::kStateColsPerWarp / 8;
+    constexpr bool kDerivative = Traits::kDecayDerivative;
+    const bool state_pass = pass == SweepPass::kState;
 
-    // ---- which problem, head, chunk and v columns this CTA owns
+    // ---- which problem, sequence, chunk, head and v columns this CTA owns
     const LinearAttnParams& p = batch.problems[blockIdx.y];
     const ChunkPlan& plan = batch.chunks[blockIdx.y];
     const int v_tile = blockIdx.x % v_tiles_per_head;
-    const int chunk = (blockIdx.x / v_tiles_per_head) % chunks_per_head;
-    const int head_index = blockIdx.x / v_tiles_per_head / chunks_per_head;  // b * heads + h
+    const int h = (blockIdx.x / v_tiles_per_head) % heads;
     const int v_col0 = v_tile * kTileV;
-    // The state pass has nothing to do for the last chunk: no chunk starts from its state.
-    const int chunks_run = plan.num_chunks - (batch.state_pass ? 1 : 0);
-    if (head_index >= p.batch * p.heads || v_col0 >= p.dim_v || chunk >= chunks_run) return;
-    const int b = head_index / p.heads, h = head_index % p.heads;
-    const int num_blocks = (p.seqlen + kBlockN - 1) / kBlockN;
+    SequenceChunk work;
+    if (h >= p.heads || v_col0 >= p.dim_v || !locate_chunk(p, plan, blockIdx.x / v_tiles_per_head / heads, work))
+        return;
+    const int chunk = work.chunk;
+    const bool last_chunk = chunk == work.num_chunks - 1;
+    // The state pass has nothing to do for a sequence's last chunk: no chunk starts from its state.
+    if (state_pass && last_chunk) return;
+    const int num_blocks = (work.length + kBlockN - 1) / kBlockN;
     const int first_block = chunk * plan.chunk_blocks;
     const int end_block = min(first_block + plan.chunk_blocks, num_blocks);
 
@@ -70,38 +88,64 @@ __global__ void __launch_bounds__(Traits::kThreads)
     T* sK = sQ + kStages * Traits::kQKTileElems;     // [kStages][kBlockN][kLdQK]
     T* sV = sK + kStages * Traits::kQKTileElems;     // [kStages][kBlockN][kLdV]
     T* sState = sV + kStages * Traits::kVTileElems;  // [kHeadDimQK][kLdV]
-    float* decay_pow = reinterpret_cast<float*>(sState + Traits::kStateElems);  // [kBlockN + 1]
+    T* sStateDerivative = sState + Traits::kStateElems;  // [kHeadDimQK][kLdV] when kDerivative
+    float* decay_pow = reinterpret_cast<float*>(sState + Traits::kStates * Traits::kStateElems);  // [kBlockN + 1]
 
-    auto head_ptr = [&](const StridedTensor& x) {
-        return static_cast<T*>(x.ptr) + b * x.batch_stride + h * x.head_stride;
+    // Token j of this sequence is at seq_ptr(x) + j * seq_step(x), in the sweep's
+    // direction of time.
+    const int64_t first_in_time = p.reversed ? work.first_token + work.length - 1 : work.first_token;
+    auto seq_ptr = [&](const StridedTensor& x) {
+        return static_cast<T*>(x.ptr) + work.batch * x.batch_stride + h * x.head_stride + first_in_time * x.seq_stride;
     };
-    const T* q = head_ptr(p.q);
-    const T* k = head_ptr(p.k);
-    const T* v = head_ptr(p.v) + v_col0;
-    T* o = head_ptr(p.o) + v_col0;
+    auto seq_step = [&](const StridedTensor& x) { return p.reversed ? -x.seq_stride : x.seq_stride; };
+    const T* q = seq_ptr(p.q);
+    const T* k = seq_ptr(p.k);
+    const T* v = seq_ptr(p.v) + v_col0;
+    T* o = seq_ptr(p.o) + v_col0;
+    const int64_t q_step = seq_step(p.q), k_step = seq_step(p.k), v_step = seq_step(p.v), o_step = seq_step(p.o);
     const int v_cols = min(kTileV, p.dim_v - v_col0);
-    const bool vectorized = is_aligned16(q, p.q.seq_stride * int64_t(sizeof(T))) &&
-                            is_aligned16(k, p.k.seq_stride * int64_t(sizeof(T))) &&
-                            is_aligned16(v, p.v.seq_stride * int64_t(sizeof(T)));
-    const bool paired_stores = (reinterpret_cast<uintptr_t>(o) % (2 * sizeof(T)) == 0) &&
-                               (p.o.seq_stride % 2 == 0);
+    const bool vectorized = is_aligned16(q, q_step * int64_t(sizeof(T))) && is_aligned16(k, k_step * int64_t(sizeof(T))) &&
+                            is_aligned16(v, v_step * int64_t(sizeof(T)));
+    const bool paired_stores = (reinterpret_cast<uintptr_t>(o) % (2 * sizeof(T)) == 0) && (o_step % 2 == 0);
 
     // Lambda, the decay matrix of Algorithm 1, as a table of powers lambda^i.
     // Every decay factor is one of them (never lambda^-i, which overflows).
     const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
     for (int i = threadIdx.x; i <= kBlockN; i += kThreads) decay_pow[i] = float(exp(-slope * i));
+    const float derivative_scale = kDerivative ? p.derivative_scale[h] : 1.f;
 
     // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
     // and a copy rounded to T in shared memory as the operand of Q_i KV.
+    // Element (r, c) of this thread's fragment [mt][nt][i] is state row
+    // state_row(mt, i), column state_col(nt, i) of the CTA's slice.
     float state[kStateMT][kStateNT][4] = {};
+    // S' = -dS/dslope, for the derivative sweep only (a dummy otherwise).
+    float state_derivative[kDerivative ? kStateMT : 1][kDerivative ? kStateNT : 1][4] = {};
+    auto state_row = [&](int mt, int i) { return state_row0 + 16 * mt + g + 8 * (i / 2); };
+    auto for_each_state_element = [&](auto&& f) {
+#pragma unroll
+        for (int mt = 0; mt < kStateMT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < kStateNT; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) f(mt, nt, i);
+    };
+    auto state_col = [&](int nt, int i) { return state_col0 + 8 * nt + 2 * t + i % 2; };
     // A chunk's state slab in the workspace, in register-fragment order so that
     // each thread reads back exactly what it wrote, coalesced.
     auto chunk_state_slab = [&](int c) {
-        const int v_tiles = (p.dim_v + kTileV - 1) / kTileV;
         return plan.chunk_states +
-               ((size_t(c) * p.batch * p.heads + head_index) * v_tiles + v_tile) * (kHeadDimQK * kTileV);
+               ((chunk_slot(p, plan, work.rank, c) * p.heads + h) * batch.v_tiles[blockIdx.y] + v_tile) *
+                   (kHeadDimQK * kTileV);
     };
-    auto slab_index = [&](int mt, int nt, int r) { return ((mt * kStateNT + nt) * 4 + r) * kThreads + threadIdx.x; };
+    auto slab_index = [&](int mt, int nt, int i) { return ((mt * kStateNT + nt) * 4 + i) * kThreads + threadIdx.x; };
+    // A float32 state tensor's element under fragment element [mt][nt][i], or
+    // nullptr past dim_qk x dim_v (the zero padding).
+    auto state_element = [&](const StateTensor& s, int mt, int nt, int i) -> float* {
+        const int r = state_row(mt, i), c = v_col0 + state_col(nt, i);
+        if (r >= p.dim_qk || c >= p.dim_v) return nullptr;
+        return s.ptr + work.seq * s.seq_stride + h * s.head_stride + r * s.row_stride + c * s.col_stride;
+    };
     auto copy_state_to_smem = [&]() {
 #pragma unroll
         for (int mt = 0; mt < kStateMT; ++mt)
@@ -109,25 +153,31 @@ __global__ void __launch_bounds__(Traits::kThreads)
             for (int nt = 0; nt < kStateNT; ++nt)
 #pragma unroll
                 for (int half = 0; half < 2; ++half) {
-                    const int row = state_row0 + 16 * mt + g + 8 * half;
-                    store_pair(sState + row * kLdV + state_col0 + 8 * nt + 2 * t, state[mt][nt][2 * half],
-                               state[mt][nt][2 * half + 1]);
+                    const int offset = state_row(mt, 2 * half) * kLdV + state_col(nt, 0);
+                    store_pair(sState + offset, state[mt][nt][2 * half], state[mt][nt][2 * half + 1]);
+                    if constexpr (kDerivative)
+                        store_pair(sStateDerivative + offset, state_derivative[mt][nt][2 * half],
+                                   state_derivative[mt][nt][2 * half + 1]);
                 }
     };
-    if (!batch.state_pass) {
-        // The state entering this chunk: sum over earlier chunks c of their own
-        // states decayed to this chunk's start, lambda^(L (chunk - 1 - c)) with L
-        // tokens per chunk (Horner's rule). S_{-1} = 0 for the first chunk.
-        const float chunk_decay = float(exp(-slope * double(plan.chunk_blocks) * kBlockN));
-        for (int c = 0; c < chunk; ++c) {
-            const float* slab = chunk_state_slab(c);
-#pragma unroll
-            for (int mt = 0; mt < kStateMT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < kStateNT; ++nt)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r)
-                        state[mt][nt][r] = state[mt][nt][r] * chunk_decay + slab[slab_index(mt, nt, r)];
+
+    // An initial state undecayed at the first step (see LinearAttnParams) enters one
+    // power of lambda later than S_{-1}.
+    const int initial_shift = p.initial_state_undecayed ? 1 : 0;
+    if (!state_pass) {
+        // The state entering this chunk: the chunk states of the prefix pass (earlier
+        // chunks, from zero) plus the initial state decayed over the chunks before,
+        // lambda^(c L - shift) S_{-1} with L tokens per chunk.
+        if (chunk > 0) {
+            const float* slab = chunk_state_slab(chunk - 1);
+            for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] = slab[slab_index(mt, nt, i)]; });
+        }
+        if (p.initial_state.ptr != nullptr) {
+            const int64_t decay_steps = int64_t(chunk) * plan.chunk_blocks * kBlockN - (chunk > 0 ? initial_shift : 0);
+            const float initial_decay = float(exp(-slope * double(decay_steps)));
+            for_each_state_element([&](int mt, int nt, int i) {
+                if (const float* x = state_element(p.initial_state, mt, nt, i)) state[mt][nt][i] += initial_decay * *x;
+            });
         }
         copy_state_to_smem();
     }
@@ -135,30 +185,46 @@ __global__ void __launch_bounds__(Traits::kThreads)
     // ---- Algorithm 1's steps for the block in shared memory
     auto load_block = [&](int block, int stage) {
         const int64_t first = int64_t(block) * kBlockN;
-        const int valid = min(kBlockN, p.seqlen - block * kBlockN);
-        if (!batch.state_pass) {
-            load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK,
-                                                     q + first * p.q.seq_stride, p.q.seq_stride, valid,
-                                                     p.dim_qk, vectorized);
+        const int valid = min(kBlockN, work.length - block * kBlockN);
+        if (!state_pass) {
+            load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK, q + first * q_step,
+                                                     q_step, valid, p.dim_qk, vectorized);
         }
-        load_tile<kBlockN, kHeadDimQK, kThreads>(sK + stage * Traits::kQKTileElems, kLdQK,
-                                                 k + first * p.k.seq_stride, p.k.seq_stride, valid,
-                                                 p.dim_qk, vectorized);
-        load_tile<kBlockN, kTileV, kThreads>(sV + stage * Traits::kVTileElems, kLdV,
-                                             v + first * p.v.seq_stride, p.v.seq_stride, valid, v_cols,
-                                             vectorized);
+        load_tile<kBlockN, kHeadDimQK, kThreads>(sK + stage * Traits::kQKTileElems, kLdQK, k + first * k_step, k_step,
+                                                 valid, p.dim_qk, vectorized);
+        load_tile<kBlockN, kTileV, kThreads>(sV + stage * Traits::kVTileElems, kLdV, v + first * v_step, v_step, valid,
+                                             v_cols, vectorized);
         cp_async_commit();
     };
 
-    // O_i = Lambda Q_i KV + [(Q_i K_i^T) . M] V_i for this warp's 16 rows, where KV
-    // is the state after block i-1, row t of Lambda is lambda^(t+1), and
+    // O_i = Lambda Q_i KV + kv_scale [(Q_i K_i^T) . M] V_i for this warp's 16 rows,
+    // where KV is the state after block i-1, row t of Lambda is lambda^(t+1-shift)
+    // (shift 1 only for an undecayed initial state, see LinearAttnParams), and
     // M[t][s] = lambda^(t-s) for s <= t, else 0.
-    auto block_output = [&](const T* sQb, const T* sKb, const T* sVb, float (&acc_o)[1][kVTiles][4]) {
+    // The derivative sweep differentiates each factor in -slope (distances in units of
+    // 1 / derivative_scale): Lambda Q_i KV becomes lambda^(t+1) ((t+1) Q_i KV + Q_i KV'),
+    // and M[t][s] becomes (t-s) lambda^(t-s).
+    auto block_output = [&](const T* sQb, const T* sKb, const T* sVb, int shift, float (&acc_o)[1][kVTiles][4]) {
         warp_gemm<Major::kRow, Major::kRow, kQKSteps>(acc_o, sQb, kLdQK, sState, kLdV, kVTiles, NoScale{});
+        if constexpr (kDerivative) {
+            float acc_derivative[1][kVTiles][4] = {};
+            warp_gemm<Major::kRow, Major::kRow, kQKSteps>(acc_derivative, sQb, kLdQK, sStateDerivative, kLdV, kVTiles,
+                                                          NoScale{});
 #pragma unroll
-        for (int j = 0; j < kVTiles; ++j) {
+            for (int j = 0; j < kVTiles; ++j) {
 #pragma unroll
-            for (int r = 0; r < 4; ++r) acc_o[0][j][r] *= decay_pow[row0 + g + 8 * (r / 2) + 1];
+                for (int r = 0; r < 4; ++r) {
+                    const int tq = row0 + g + 8 * (r / 2);
+                    acc_o[0][j][r] = decay_pow[tq + 1] *
+                                     (derivative_scale * float(tq + 1) * acc_o[0][j][r] + acc_derivative[0][j][r]);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < kVTiles; ++j) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc_o[0][j][r] *= decay_pow[row0 + g + 8 * (r / 2) + 1 - shift];
+            }
         }
         // Keys past this warp's last row are all masked: their tiles are skipped.
         float scores[1][kScoreTiles][4] = {};
@@ -168,7 +234,8 @@ __global__ void __launch_bounds__(Traits::kThreads)
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
                 const int tq = row0 + g + 8 * (r / 2), sk = 8 * j + 2 * t + r % 2;
-                scores[0][j][r] *= sk <= tq ? decay_pow[tq - sk] : 0.f;
+                const float weight = kDerivative ? derivative_scale * float(tq - sk) : 1.f;
+                scores[0][j][r] *= sk <= tq ? weight * p.kv_scale * decay_pow[tq - sk] : 0.f;
             }
         }
         warp_gemm_registers_a(acc_o, scores, sVb, kLdV, warp + 1);
@@ -180,7 +247,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
         for (int half = 0; half < 2; ++half) {
             const int tq = row0 + g + 8 * half;
             if (tq < valid) {
-                T* orow = o + (int64_t(block) * kBlockN + tq) * p.o.seq_stride;
+                T* orow = o + (int64_t(block) * kBlockN + tq) * o_step;
 #pragma unroll
                 for (int j = 0; j < kVTiles; ++j) {
                     const int c = 8 * j + 2 * t;
@@ -197,17 +264,23 @@ __global__ void __launch_bounds__(Traits::kThreads)
         }
     };
 
-    // KV = lambda^valid KV + (lambda^(valid-1-s) K_i)^T V_i.
-    auto update_state = [&](const T* sKb, const T* sVb, int valid) {
-        const float block_decay = decay_pow[valid];
-#pragma unroll
-        for (int mt = 0; mt < kStateMT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < kStateNT; ++nt)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) state[mt][nt][r] *= block_decay;
+    // KV = lambda^(valid-shift) KV + kv_scale (lambda^(valid-1-s) K_i)^T V_i; for the
+    // derivative sweep first KV' = lambda^valid (KV' + valid KV)
+    //                             + kv_scale ((valid-1-s) lambda^(valid-1-s) K_i)^T V_i.
+    auto update_state = [&](const T* sKb, const T* sVb, int valid, int shift) {
+        const float block_decay = decay_pow[valid - shift];
+        if constexpr (kDerivative) {
+            for_each_state_element([&](int mt, int nt, int i) {
+                state_derivative[mt][nt][i] =
+                    block_decay * (state_derivative[mt][nt][i] + derivative_scale * float(valid) * state[mt][nt][i]);
+            });
+            warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(
+                state_derivative, sKb + state_row0, kLdQK, sVb + state_col0, kLdV, kStateNT,
+                KeyDecayDerivative{decay_pow, valid, derivative_scale * p.kv_scale});
+        }
+        for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] *= block_decay; });
         warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(state, sKb + state_row0, kLdQK, sVb + state_col0, kLdV,
-                                                          kStateNT, KeyDecay{decay_pow, valid});
+                                                          kStateNT, KeyDecay{decay_pow, valid, p.kv_scale});
     };
 
     // ---- the sweep over this chunk's blocks, loads double-buffered for 16-bit types
@@ -225,51 +298,57 @@ __global__ void __launch_bounds__(Traits::kThreads)
 
         const T* sKb = sK + stage * Traits::kQKTileElems;
         const T* sVb = sV + stage * Traits::kVTileElems;
-        const int valid = min(kBlockN, p.seqlen - block * kBlockN);
-        if (!batch.state_pass) {
+        const int valid = min(kBlockN, work.length - block * kBlockN);
+        // The sequence's first block starts from the initial state alone, the only
+        // state an undecayed start applies to.
+        const int shift = block == 0 ? initial_shift : 0;
+        if (!state_pass) {
             float acc_o[1][kVTiles][4] = {};
-            block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, acc_o);
+            block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift, acc_o);
             store_output(block, valid, acc_o);
         }
-        update_state(sKb, sVb, valid);
+        update_state(sKb, sVb, valid, shift);
 
         __syncthreads();  // everyone is done with this stage and the old state copy
-        if (!batch.state_pass) copy_state_to_smem();
+        if (!state_pass) copy_state_to_smem();
         if constexpr (kStages == 1) {
             if (block + 1 < end_block) load_block(block + 1, 0);
         }
     }
 
-    if (batch.state_pass) {
+    // ---- what leaves the CTA besides o: the chunk's own state (state pass) or the
+    // sequence's final state (output pass, last chunk)
+    if (state_pass) {
         float* slab = chunk_state_slab(chunk);
-#pragma unroll
-        for (int mt = 0; mt < kStateMT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < kStateNT; ++nt)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) slab[slab_index(mt, nt, r)] = state[mt][nt][r];
+        for_each_state_element([&](int mt, int nt, int i) { slab[slab_index(mt, nt, i)] = state[mt][nt][i]; });
+    } else if (last_chunk && p.final_state.ptr != nullptr) {
+        for_each_state_element([&](int mt, int nt, int i) {
+            if (float* x = state_element(p.final_state, mt, nt, i)) {
+                if constexpr (kDerivative) *x = state_derivative[mt][nt][i];
+                else *x = state[mt][nt][i];
+            }
+        });
     }
 }
 
-template <typename T, int kHeadDimQK, int kTileV>
-cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, cudaStream_t stream) {
-    using Traits = KernelTraits<T, kHeadDimQK, kTileV>;
+template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
+cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pass, cudaStream_t stream) {
+    using Traits = KernelTraits<T, kHeadDimQK, kTileV, kDecayDerivative>;
     auto kernel = linear_attn_sweep_kernel<Traits>;
-    int max_heads = 0, v_tiles_per_head = 0, chunks_per_head = 0;
+    int heads = 0, v_tiles_per_head = 0, max_chunks = 0;
     for (int i = 0; i < batch.num_problems; ++i) {
-        const LinearAttnParams& p = batch.problems[i];
-        max_heads = max(max_heads, p.batch * p.heads);
-        v_tiles_per_head = max(v_tiles_per_head, (p.dim_v + kTileV - 1) / kTileV);
-        chunks_per_head = max(chunks_per_head, batch.chunks[i].num_chunks);
+        heads = max(heads, batch.problems[i].heads);
+        v_tiles_per_head = max(v_tiles_per_head, batch.v_tiles[i]);
+        max_chunks = max(max_chunks, batch.chunks[i].max_chunks);
     }
-    const int64_t ctas = int64_t(max_heads) * v_tiles_per_head * chunks_per_head;
+    const int64_t ctas = int64_t(max_chunks) * heads * v_tiles_per_head;
     if (ctas == 0) return cudaSuccess;
     if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytes));
     if (err != cudaSuccess) return err;
     const dim3 grid(unsigned(ctas), unsigned(batch.num_problems));
-    kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(batch, v_tiles_per_head, chunks_per_head);
+    kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(batch, pass, heads, v_tiles_per_head);
     return cudaGetLastError();
 }
 

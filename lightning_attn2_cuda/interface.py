@@ -1,4 +1,4 @@
-"""lightning_attn: argument checks, autograd, and dispatch to CUDA or CPU."""
+"""lightning_attn and lightning_attn_decode: argument checks, autograd, and dispatch to CUDA or CPU."""
 import math
 import numbers
 
@@ -15,15 +15,36 @@ except ImportError as error:  # not built: CPU tensors still work
 
 MAX_HEAD_DIM = 256
 MAX_CUDA_SEQLEN = 2**31 - 64  # so that the block count of a sequence fits an int
-MAX_CUDA_BATCH_HEADS = 2**31 - 1
-# slope tensor -> its version (tensor._version) whose values were found valid
-_slopes_checked = torch.utils.weak.WeakIdKeyDictionary()
+MAX_CUDA_COUNT = 2**31 - 1  # batch x heads, sequences, cache rows: ints in the kernels
+LAYOUTS = ("BHND", "BNHD")
+# tensor -> (its version, what it was checked against) for value checks that read
+# device memory (see _check_values_once)
+_values_checked = torch.utils.weak.WeakIdKeyDictionary()
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = _CUDA_DTYPES + (torch.float64,)
+_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def _dtype_names(dtypes):
     return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+def _check_values_once(x, context, check):
+    """Runs check(), which reads x's values (a host sync for a CUDA tensor), once per
+    version of x and context: a loop that passes the same tensor every step pays the
+    sync once, and an in-place change (which bumps the version) is seen. Writes
+    through .data or memory shared with another library are not seen; inference
+    tensors have no version and are checked every time. A CUDA graph capture cannot
+    sync at all, so the check is skipped there (capture a call that ran once
+    outside it); the kernels never read or write out of bounds whatever the values."""
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    key = None if x.is_inference() else (x._version, context)
+    if key is not None and _values_checked.get(x) == key:
+        return
+    check()
+    if key is not None:
+        _values_checked[x] = key
 
 
 def _check_tensor(name, x, dims):
@@ -31,41 +52,59 @@ def _check_tensor(name, x, dims):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor ({_dtype_names(_CUDA_DTYPES)}), got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must have shape {dims} (4 dimensions), got {tuple(x.shape)}")
+    if x.dim() != len(dims.split(",")):
+        raise ValueError(f"{name} must have shape {dims} ({len(dims.split(','))} dimensions), got {tuple(x.shape)}")
 
 
-def _check_inputs(q, k, v, slope, scale):
-    """Raises TypeError/ValueError naming the bad argument; returns (slope as [H] or None, scale)."""
-    _check_tensor("q", q, "[B, H, N, D]")
-    _check_tensor("k", k, "[B, H, N, D]")
-    _check_tensor("v", v, "[B, H, N, E]")
-    for name, x in (("k", k), ("v", v)):
-        if x.dtype != q.dtype:
-            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {x.dtype}")
-        if x.device != q.device:
-            raise ValueError(f"{name} must be on q's device {q.device}, got {x.device}")
+def _check_index_tensor(name, x, q, length, meaning):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor ({meaning}), got {type(x).__name__}")
+    if x.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"{name} must have dtype int32 or int64, got {x.dtype}")
+    if x.dim() != 1 or (length is not None and x.shape[0] != length):
+        expected = f"({length},)" if length is not None else "1-D"
+        raise ValueError(f"{name} must have shape {expected} ({meaning}), got {tuple(x.shape)}")
+    if x.device != q.device:
+        raise ValueError(f"{name} must be on q's device {q.device}, got {x.device}")
+
+
+def _check_same(name, x, q):
+    if x.dtype != q.dtype:
+        raise TypeError(f"{name} must have q's dtype {q.dtype}, got {x.dtype}")
+    if x.device != q.device:
+        raise ValueError(f"{name} must be on q's device {q.device}, got {x.device}")
+
+
+def _check_qkv(q, k, v, qk_dims, v_dims):
+    """q, k, v of the given shapes: one dtype and device, k like q, v like q but its last dim."""
+    _check_tensor("q", q, qk_dims)
+    _check_tensor("k", k, qk_dims)
+    _check_tensor("v", v, v_dims)
+    _check_same("k", k, q)
+    _check_same("v", v, q)
+    _check_device_and_dtype(q)
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape {tuple(q.shape)} {qk_dims}, got {tuple(k.shape)}")
+    if v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(f"v must be {v_dims} with q's leading dims {tuple(q.shape[:-1])}, got {tuple(v.shape)}")
+
+
+def _check_device_and_dtype(q):
+    if q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"q must be on a CPU or CUDA device, got {q.device}")
     allowed = _CPU_DTYPES if q.device.type == "cpu" else _CUDA_DTYPES
     if q.dtype not in allowed:
         raise TypeError(f"q must have dtype {_dtype_names(allowed)} on {q.device.type}, got {q.dtype}")
-    if q.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"q must be on a CPU or CUDA device, got {q.device}")
-    if k.shape != q.shape:
-        raise ValueError(f"k must have q's shape {tuple(q.shape)} [B, H, N, D], got {tuple(k.shape)}")
-    if v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must be [B, H, N, E] with q's B, H, N {tuple(q.shape[:3])}, got {tuple(v.shape)}")
-    for name, dim in (("q and k head dim D", q.shape[3]), ("v head dim E", v.shape[3])):
+
+
+def _check_head_dims(dim_qk, dim_v):
+    for name, dim in (("q and k head dim D", dim_qk), ("v head dim E", dim_v)):
         if not 1 <= dim <= MAX_HEAD_DIM:
             raise ValueError(f"{name} must be in [1, {MAX_HEAD_DIM}], got {dim}")
-    if q.is_cuda:
-        # The kernels count tokens and batch x heads in 32-bit ints.
-        batch, heads, seqlen = q.shape[:3]
-        if seqlen > MAX_CUDA_SEQLEN:
-            raise ValueError(f"q sequence length N must be at most {MAX_CUDA_SEQLEN} on CUDA, got {seqlen}")
-        if batch * heads > MAX_CUDA_BATCH_HEADS:
-            raise ValueError(f"q batch x heads must be at most {MAX_CUDA_BATCH_HEADS} on CUDA, got {batch * heads}")
 
-    # The kernels take the scale as float32.
+
+def _check_scale(scale):
+    """The kernels take the scale as float32."""
     if (
         isinstance(scale, bool)
         or not isinstance(scale, numbers.Real)
@@ -73,13 +112,13 @@ def _check_inputs(q, k, v, slope, scale):
         or abs(scale) > torch.finfo(torch.float32).max
     ):
         raise ValueError(f"scale must be a real number, finite in float32, got {scale!r}")
-    return _check_slope(slope, q), float(scale)
+    return float(scale)
 
 
-def _check_slope(slope, q):
+def _check_slope(slope, q, heads):
+    """The decay rates as [H]: float32 (detached) for CUDA, as given for CPU."""
     if slope is None:
         return None
-    heads = q.shape[1]
     if not isinstance(slope, torch.Tensor):
         raise TypeError(f"slope must be a torch.Tensor of {heads} per-head decay rates or None, got {type(slope).__name__}")
     if not slope.is_floating_point():
@@ -88,28 +127,91 @@ def _check_slope(slope, q):
         raise ValueError(f"slope must have shape ({heads},) or ({heads}, 1, 1) for H = {heads}, got {tuple(slope.shape)}")
     if slope.device != q.device:
         raise ValueError(f"slope must be on q's device {q.device}, got {slope.device}")
-    if slope.requires_grad:
-        raise ValueError("slope.requires_grad=True is not supported yet: the decay has no gradient (pass slope.detach())")
-    # The CUDA kernels read float32 rates; the CPU path computes in q's precision.
-    rates = slope.detach().reshape(heads)
-    rates = rates.to(torch.float32).contiguous() if q.is_cuda else rates
-    # Reading the values synchronises with the device, so each slope tensor is read
-    # once per version (an in-place change bumps it; writes through .data or memory
-    # shared with another library do not, and are not seen): a training loop that
-    # passes the same slope every step pays the host sync once. Inference tensors
-    # have no version and are read every time. A CUDA graph capture cannot sync at
-    # all, so the check is skipped there (capture a call that ran once outside it).
-    version = None if slope.is_inference() else slope._version
-    already_checked = version is not None and _slopes_checked.get(slope) == version
-    if not already_checked and not (q.is_cuda and torch.cuda.is_current_stream_capturing()):
+    rates = slope.reshape(heads)
+    if q.is_cuda:
+        rates = rates.detach().to(torch.float32).contiguous()
+
+    def check():
         if bool((~torch.isfinite(rates) | (rates < 0)).any()):
             raise ValueError(
                 f"slope must be finite (in {rates.dtype}) and >= 0 (lambda = exp(-slope)), "
-                f"got {slope.flatten().tolist()}"
+                f"got {slope.detach().flatten().tolist()}"
             )
-        if version is not None:
-            _slopes_checked[slope] = version
+
+    _check_values_once(slope, None, check)
     return rates
+
+
+def _check_cu_seqlens(cu_seqlens, q, total):
+    """cu_seqlens of the packed sequences (FlashAttention's convention); returns their count."""
+    _check_index_tensor("cu_seqlens", cu_seqlens, q, None, "sequence boundaries [N + 1]")
+    if cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must have N + 1 >= 2 entries (at least one sequence), got {cu_seqlens.shape[0]}")
+    if q.is_cuda and cu_seqlens.shape[0] - 1 > MAX_CUDA_COUNT:
+        raise ValueError(f"cu_seqlens must describe at most {MAX_CUDA_COUNT} sequences, got {cu_seqlens.shape[0] - 1}")
+
+    def check():
+        first, last = cu_seqlens[0], cu_seqlens[-1]
+        decreasing = (cu_seqlens[1:] < cu_seqlens[:-1]).any()
+        bad_first, bad_last, decreasing = torch.stack([first != 0, last != total, decreasing]).tolist()
+        if bad_first:
+            raise ValueError(f"cu_seqlens must start at 0, got {int(first)}")
+        if decreasing:
+            at = int(torch.nonzero(cu_seqlens[1:] < cu_seqlens[:-1])[0, 0])
+            raise ValueError(
+                f"cu_seqlens must be non-decreasing, got {int(cu_seqlens[at])} then {int(cu_seqlens[at + 1])} "
+                f"at entries {at}, {at + 1}"
+            )
+        if bad_last:
+            raise ValueError(f"cu_seqlens must end at the total token count {total}, got {int(last)}")
+
+    _check_values_once(cu_seqlens, total, check)
+    return cu_seqlens.shape[0] - 1
+
+
+def _check_state(name, state, q, shape):
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape} or None, got {type(state).__name__}")
+    allowed = (torch.float32, torch.float64) if q.dtype == torch.float64 else (torch.float32,)
+    if state.dtype not in allowed:
+        raise TypeError(f"{name} must have dtype {_dtype_names(allowed)} (states are kept in float32), got {state.dtype}")
+    if tuple(state.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} [N, H, D, E], got {tuple(state.shape)}")
+    if state.device != q.device:
+        raise ValueError(f"{name} must be on q's device {q.device}, got {state.device}")
+
+
+def _to_bhnd(x, layout):
+    """A [B, H, N, dim] view of x given in `layout` (no copy)."""
+    return x if layout == "BHND" else x.transpose(1, 2)
+
+
+def _check_inputs(q, k, v, slope, scale, initial_state, output_final_state, cu_seqlens, layout):
+    """Raises TypeError/ValueError naming the bad argument; returns (rates, scale, number of sequences)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    qk_dims, v_dims = ("[B, H, N, D]", "[B, H, N, E]") if layout == "BHND" else ("[B, N, H, D]", "[B, N, H, E]")
+    _check_qkv(q, k, v, qk_dims, v_dims)
+    batch, heads, seqlen, dim_qk = _to_bhnd(q, layout).shape
+    dim_v = v.shape[3]
+    _check_head_dims(dim_qk, dim_v)
+    if q.is_cuda:
+        if seqlen > MAX_CUDA_SEQLEN:
+            raise ValueError(f"q sequence length N must be at most {MAX_CUDA_SEQLEN} on CUDA, got {seqlen}")
+        if batch * heads > MAX_CUDA_COUNT:
+            raise ValueError(f"q batch x heads must be at most {MAX_CUDA_COUNT} on CUDA, got {batch * heads}")
+    scale = _check_scale(scale)
+    rates = _check_slope(slope, q, heads)
+    if not isinstance(output_final_state, bool):
+        raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
+    num_seqs = batch
+    if cu_seqlens is not None:
+        if batch != 1:
+            raise ValueError(f"q must have batch size 1 with cu_seqlens (all sequences packed into one row), got {batch}")
+        num_seqs = _check_cu_seqlens(cu_seqlens, q, seqlen)
+    if initial_state is not None:
+        _check_state("initial_state", initial_state, q, (num_seqs, heads, dim_qk, dim_v))
+    return rates, scale, num_seqs
 
 
 def _last_dim_contiguous(x):
@@ -121,48 +223,228 @@ def _last_dim_contiguous(x):
     return x.contiguous()
 
 
+def _sequence_lengths(cu_seqlens, batch, seqlen, device):
+    """Tokens of each sequence, [num_seqs], on the device (no host sync)."""
+    if cu_seqlens is None:
+        return torch.full((batch,), seqlen, device=device)
+    return cu_seqlens[1:] - cu_seqlens[:-1]
+
+
+def _token_dots(a, b):
+    """a_t . b_t in float32 for [B, H, N, dim] tensors: [B, H, N], converted a slice at a time."""
+    out = torch.empty(a.shape[:3], dtype=torch.float32, device=a.device)
+    step = max(1, (1 << 24) // max(1, a.shape[0] * a.shape[1] * a.shape[3]))
+    for start in range(0, a.shape[2], step):
+        piece = slice(start, start + step)
+        out[:, :, piece] = torch.linalg.vecdot(a[:, :, piece].float(), b[:, :, piece].float())
+    return out
+
+
+def _derivative_scale(rates, heads, seqlen, device):
+    """Per head, float32 [H]: a power of two near 1 / max_{1 <= d <= N} d lambda^d, the
+    largest weight of the derivative sweep, so that its weights and state stay near 1
+    (within fp16's normal range, whatever the decay and length). Computed on the
+    device from the rates, no host sync."""
+    s = torch.zeros(heads, device=device, dtype=torch.float64) if rates is None else rates.double()
+    n = float(max(seqlen, 1))
+    peak = 1.0 / s  # d lambda^d is largest at d = 1 / s
+    distances = torch.stack([torch.ones_like(s), peak.floor(), peak.ceil(), torch.full_like(s, n)]).clamp(1.0, n)
+    log2_peak = ((distances.log() - s * distances) / math.log(2)).amax(dim=0)
+    return torch.exp2(-log2_peak.round().clamp(-64, 64)).float()
+
+
+def _slope_gradient(q, dq_decay, d_final_state, final_decay, derivative_scale):
+    """dL/dslope_h = -(sum_t q_t . dq'_t + <dF, W>) / derivative_scale, summed over
+    batch and sequences, from the derivative sweep's output dq' and final state W
+    (see backward in csrc/api.cpp)."""
+    grad = _token_dots(q, dq_decay).sum(dim=(0, 2))
+    if d_final_state is not None:
+        grad = grad + torch.einsum("nhde,nhde->h", d_final_state, final_decay)
+    return -grad / derivative_scale
+
+
 class _LightningAttnCUDA(torch.autograd.Function):
+    """Inputs and outputs in the caller's layout; the kernels see [B, H, N, dim] views."""
+
     @staticmethod
-    def forward(ctx, q, k, v, slope, scale):
+    def forward(ctx, q, k, v, slope, initial_state, cu_seqlens, rates, scale, layout, num_seqs, output_final_state):
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         o = torch.empty(*q.shape[:3], v.shape[3], dtype=q.dtype, device=q.device)
-        _C.forward(q, k, v, slope, scale, o)
-        ctx.save_for_backward(q, k, v, slope)
-        ctx.scale = scale
-        return o
+        qb, kb, vb, ob = (_to_bhnd(x, layout) for x in (q, k, v, o))
+        final_state = None
+        if output_final_state:
+            final_state = torch.empty(num_seqs, qb.shape[1], qb.shape[3], vb.shape[3], dtype=torch.float32, device=q.device)
+        _C.forward(qb, kb, vb, rates, scale, ob, initial_state, final_state, cu_seqlens)
+        ctx.save_for_backward(q, k, v, rates, initial_state, cu_seqlens)
+        ctx.scale, ctx.layout = scale, layout
+        ctx.slope_like = (slope.shape, slope.dtype) if ctx.needs_input_grad[3] else None
+        ctx.set_materialize_grads(False)  # no zero tensors for outputs that get no gradient
+        return (o, final_state) if output_final_state else o
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
-        q, k, v, slope = ctx.saved_tensors
+    def backward(ctx, dout, d_final_state=None):
+        q, k, v, rates, initial_state, cu_seqlens = ctx.saved_tensors
+        need_q, need_k, need_v, need_slope, need_initial = ctx.needs_input_grad[:5]
+        layout = ctx.layout
+        v_shape = (*q.shape[:3], v.shape[3])
+        dout = torch.zeros(v_shape, dtype=q.dtype, device=q.device) if dout is None else dout
         dout = _last_dim_contiguous(dout.to(q.dtype))
-        dq, dk = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(2))
-        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-        _C.backward(q, k, v, dout, slope, ctx.scale, dq, dk, dv)
-        return dq, dk, dv, None, None
+        if d_final_state is not None:
+            d_final_state = d_final_state.to(torch.float32)
+        # dL/dS_{-1} comes out of the dv sweep; the slope gradient out of its own sweep.
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
+        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if need_k else None
+        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if need_v or need_initial else None
+        dq_decay = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_slope else None
+        qb, kb, vb, doutb = (_to_bhnd(x, layout) for x in (q, k, v, dout))
+        state_shape = (len(cu_seqlens) - 1 if cu_seqlens is not None else qb.shape[0], qb.shape[1], qb.shape[3], vb.shape[3])
+        g0 = torch.empty(state_shape, dtype=torch.float32, device=q.device) if need_initial else None
+        final_decay = derivative_scale = None
+        if need_slope:
+            derivative_scale = _derivative_scale(rates, qb.shape[1], qb.shape[2], q.device)
+        if need_slope and d_final_state is not None:
+            final_decay = torch.empty(state_shape, dtype=torch.float32, device=q.device)
+        _C.backward(
+            qb, kb, vb, doutb, rates, ctx.scale,
+            *(None if x is None else _to_bhnd(x, layout) for x in (dq, dk, dv)),
+            initial_state, d_final_state, g0,
+            None if dq_decay is None else _to_bhnd(dq_decay, layout), final_decay, derivative_scale, cu_seqlens,
+        )  # fmt: skip
+        d_initial = None
+        if need_initial:
+            # dL/dS_{-1} = lambda G_0, or dL/dF itself for a sequence of no tokens.
+            lengths = _sequence_lengths(cu_seqlens, qb.shape[0], qb.shape[2], q.device)
+            decay = torch.ones(qb.shape[1], device=q.device) if rates is None else torch.exp(-rates)
+            d_initial = g0 * torch.where(lengths[:, None] > 0, decay, 1.0)[:, :, None, None]
+        d_slope = None
+        if need_slope:
+            d_slope = _slope_gradient(qb, _to_bhnd(dq_decay, layout), d_final_state, final_decay, derivative_scale)
+            d_slope = d_slope.reshape(ctx.slope_like[0]).to(ctx.slope_like[1])
+        return dq, dk, dv if need_v else None, d_slope, d_initial, *([None] * 6)
 
 
-def lightning_attn(q, k, v, slope=None, scale=1.0):
+def _cpu_forward(q, k, v, rates, scale, initial_state, output_final_state, cu_seqlens, layout):
+    """The blockwise reference in the caller's layout, one packed sequence at a time."""
+    qb, kb, vb = (_to_bhnd(x, layout) for x in (q, k, v))
+    o, final_state = reference.packed(
+        reference.blockwise, qb, kb, vb, rates, scale, initial_state=initial_state, cu_seqlens=cu_seqlens
+    )
+    o = o if layout == "BHND" else o.transpose(1, 2).contiguous()
+    return (o, final_state) if output_final_state else o
+
+
+def lightning_attn(
+    q, k, v, slope=None, scale=1.0, *, initial_state=None, output_final_state=False, cu_seqlens=None, layout="BHND"
+):
     """Lightning Attention-2: causal linear attention with per-head exponential decay.
 
-        o_t = scale * sum_{s <= t} lambda_h^(t - s) (q_t . k_s) v_s,   lambda_h = exp(-slope[h])
+        S_t = lambda_h S_{t-1} + k_t^T v_t,   o_t = scale q_t S_t,   lambda_h = exp(-slope[h])
+
+    with S_{-1} = initial_state (zero when None), i.e. without a state
+    o_t = scale * sum_{s <= t} lambda_h^(t - s) (q_t . k_s) v_s.
 
     Args:
-        q, k: [B, H, N, D] float16, bfloat16 or float32 (CPU also float64).
-        v: [B, H, N, E], same dtype and device.
+        q, k: [B, H, N, D] (layout "BHND") or [B, N, H, D] (layout "BNHD"), float16,
+            bfloat16 or float32 (CPU also float64). Any strides; a last dimension
+            that is not contiguous is copied.
+        v: [B, H, N, E] or [B, N, H, E], same dtype and device.
         slope: per-head decay rates s_h >= 0, a float tensor of shape [H] or [H, 1, 1]
-            (as the official package builds it), or None for no decay.
+            (as the official package builds it), or None for no decay. When it
+            requires grad, its gradient is returned (summed over batch and tokens).
         scale: multiplies the output (no 1/sqrt(D) is applied unless given here).
+        initial_state: [N_seq, H, D, E] float32, S_{-1} of each sequence (N_seq = B,
+            or the number of packed sequences). Differentiable.
+        output_final_state: also return each sequence's final state, [N_seq, H, D, E]
+            float32 (the initial state for a sequence of no tokens). Differentiable.
+        cu_seqlens: int32/int64 [N_seq + 1], for variable-length sequences packed
+            into batch 1 (FlashAttention's convention): sequence n is tokens
+            cu_seqlens[n] .. cu_seqlens[n + 1] - 1, with its own state. On CUDA the
+            call never waits for the device, except that new cu_seqlens (and slope)
+            values are checked once per tensor version; see README.
+        layout: "BHND" or "BNHD" (FlashAttention/FLA); o comes back in the same layout.
 
     Returns:
-        o: [B, H, N, E] in q's dtype. Differentiable in q, k and v.
+        o in q's dtype and layout, or (o, final_state) with output_final_state=True.
 
     On CUDA the kernels compute with fp32 accumulation and an fp32 state; on CPU a
     blockwise PyTorch implementation (lightning_attn2_cuda.reference.blockwise) runs.
     """
-    slope, scale = _check_inputs(q, k, v, slope, scale)
+    rates, scale, num_seqs = _check_inputs(
+        q, k, v, slope, scale, initial_state, output_final_state, cu_seqlens, layout
+    )
     if q.device.type == "cpu":
-        return reference.blockwise(q, k, v, slope, scale)
+        return _cpu_forward(q, k, v, rates, scale, initial_state, output_final_state, cu_seqlens, layout)
     if _C is None:
         raise RuntimeError(f"lightning_attn2_cuda: the CUDA extension is not built ({_C_IMPORT_ERROR})")
-    return _LightningAttnCUDA.apply(q, k, v, slope, scale)
+    return _LightningAttnCUDA.apply(
+        q, k, v, slope, initial_state, cu_seqlens, rates, scale, layout, num_seqs, output_final_state
+    )
+
+
+def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_indices=None):
+    """One decode step for serving: a new token per sequence against a state cache.
+
+        S = lambda_h S + k^T v,   o = scale q S,   S = state_cache[state_indices[b], h]
+
+    Args:
+        q, k: [B, H, D]; v: [B, H, E]; float16, bfloat16 or float32 (CPU also float64).
+        state_cache: [S, H, D, E] float32 with a contiguous last dimension, updated in
+            place (the only argument ever written).
+        slope, scale: as for lightning_attn.
+        state_indices: int32/int64 [B], the cache row of each sequence; -1 skips a
+            sequence (its o is 0 and no row is touched), as vLLM's slot mapping does.
+            None means row b for sequence b. Values are checked once per tensor version.
+
+    Returns:
+        o: [B, H, E] in q's dtype. Not differentiable (inference only).
+    """
+    _check_qkv(q, k, v, "[B, H, D]", "[B, H, E]")
+    batch, heads, dim_qk = q.shape
+    dim_v = v.shape[2]
+    _check_head_dims(dim_qk, dim_v)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise ValueError("lightning_attn_decode is not differentiable: call it under torch.no_grad() or on detached q, k, v")
+    scale = _check_scale(scale)
+    rates = _check_slope(slope, q, heads)
+    if not isinstance(state_cache, torch.Tensor):
+        raise TypeError(f"state_cache must be a torch.Tensor [S, H, D, E], got {type(state_cache).__name__}")
+    if state_cache.dtype != torch.float32:
+        raise TypeError(f"state_cache must have dtype float32, got {state_cache.dtype}")
+    if state_cache.dim() != 4 or tuple(state_cache.shape[1:]) != (heads, dim_qk, dim_v):
+        raise ValueError(f"state_cache must have shape [S, {heads}, {dim_qk}, {dim_v}] [S, H, D, E], got {tuple(state_cache.shape)}")
+    if state_cache.device != q.device:
+        raise ValueError(f"state_cache must be on q's device {q.device}, got {state_cache.device}")
+    if state_cache.stride(3) != 1 and dim_v > 1:
+        raise ValueError(f"state_cache must have a contiguous last dimension (it is written in place), got strides {state_cache.stride()}")
+    rows = state_cache.shape[0]
+    if q.is_cuda and (batch * heads > MAX_CUDA_COUNT or rows > MAX_CUDA_COUNT):
+        raise ValueError(f"batch x heads and cache rows must be at most {MAX_CUDA_COUNT} on CUDA, got {batch * heads}, {rows}")
+    if state_indices is None:
+        if rows < batch:
+            raise ValueError(f"state_cache must have a row per sequence without state_indices: {batch} rows, got {rows}")
+    else:
+        _check_index_tensor("state_indices", state_indices, q, batch, "the cache row of each sequence, -1 to skip")
+
+        def check():
+            bad = (state_indices < -1) | (state_indices >= rows)
+            used = state_indices[state_indices >= 0]
+            repeated = used.numel() != torch.unique(used).numel()
+            if bool(bad.any()):
+                raise ValueError(
+                    f"state_indices must be in [-1, {rows}) (rows of state_cache, -1 to skip), got {state_indices[bad][0].item()} "
+                    f"at position {int(torch.nonzero(bad)[0, 0])}"
+                )
+            if repeated:
+                raise ValueError("state_indices must not repeat a row: two sequences would update the same state")
+
+        _check_values_once(state_indices, rows, check)
+    if q.device.type == "cpu":
+        return reference.decode_step(q, k, v, state_cache, rates, scale, state_indices)
+    if _C is None:
+        raise RuntimeError(f"lightning_attn2_cuda: the CUDA extension is not built ({_C_IMPORT_ERROR})")
+    cache = _last_dim_contiguous(state_cache)
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    o = torch.empty(batch, heads, dim_v, dtype=q.dtype, device=q.device)
+    _C.decode(q, k, v, rates, scale, cache, state_indices, o)
+    return o

@@ -115,3 +115,37 @@ def recurrent(q, k, v, slope=None, scale=1.0, initial_state=None, output_final_s
     o = torch.stack(rows, dim=2) if rows else q.new_empty(*q.shape[:3], v.shape[3])
     o = (scale * o).to(out_dtype)
     return (o, state) if output_final_state else o
+
+
+def packed(form, q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=None):
+    """`form` over each sequence of a batch: rows of q, k, v [B, H, N, dim] or, with
+    cu_seqlens [S + 1], the packed sequences of batch 1 (sequence n is tokens
+    cu_seqlens[n] .. cu_seqlens[n + 1] - 1). Returns (o, final states [S, H, D, E])."""
+    if cu_seqlens is None:
+        return form(q, k, v, slope, scale, initial_state=initial_state, output_final_state=True)
+    outputs, finals = [], []
+    bounds = cu_seqlens.tolist()
+    for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        state = None if initial_state is None else initial_state[n : n + 1]
+        o, final = form(*(x[:, :, start:end] for x in (q, k, v)), slope, scale, initial_state=state, output_final_state=True)
+        outputs.append(o)
+        finals.append(final)
+    return torch.cat(outputs, dim=2), torch.cat(finals, dim=0)
+
+
+def decode_step(q, k, v, state_cache, slope=None, scale=1.0, state_indices=None):
+    """One token per sequence: S = lambda S + k^T v, o = scale q S, with q, k [B, H, D],
+    v [B, H, E] and S = state_cache[state_indices[b]] (row b when None; -1 skips
+    sequence b, whose o is 0). Updates state_cache in place; returns o [B, H, E]."""
+    batch = q.shape[0]
+    rows = torch.arange(batch, device=q.device) if state_indices is None else state_indices.long()
+    live = rows >= 0
+    o = q.new_zeros(batch, q.shape[1], v.shape[2])
+    if bool(live.any()):
+        states = state_cache[rows[live]]
+        o_live, final = recurrent(
+            *(x[live, :, None] for x in (q, k, v)), slope, scale, initial_state=states, output_final_state=True
+        )
+        o[live] = o_live[:, :, 0].to(o.dtype)
+        state_cache[rows[live]] = final.to(state_cache.dtype)
+    return o

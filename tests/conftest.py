@@ -14,8 +14,9 @@ def seed(request):
 
 @pytest.fixture
 def poison_allocations(monkeypatch):
-    """Tensors allocated through torch.empty start as NaN (as FLA's conftest does), so
-    an output element the kernels forget to write makes the test fail."""
+    """Tensors allocated through torch.empty start as NaN (as FLA's conftest does), and
+    so does the extension's scratch (chunk states, packed-sequence tables), so an
+    element the kernels forget to write before it is used makes the test fail."""
     real_empty = torch.empty
 
     def empty_nan(*args, **kwargs):
@@ -25,12 +26,22 @@ def poison_allocations(monkeypatch):
         return x
 
     monkeypatch.setattr(torch, "empty", empty_nan)
+    from lightning_attn2_cuda import interface
+
+    if interface._C is not None:
+        interface._C._set_poison_workspace(True)
+        yield
+        interface._C._set_poison_workspace(False)
+    else:
+        yield
 
 
 def relative_l2(x, ref):
-    """||x - ref|| / ||ref|| in float64; NaN anywhere gives NaN, which fails every bound."""
+    """||x - ref|| / ||ref|| in float64 (||x - ref|| for a reference of zeros, e.g. an
+    empty tensor); NaN anywhere gives NaN, which fails every bound."""
     x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm()).item()
+    error, norm = (x - ref).norm(), ref.norm()
+    return (error / norm if norm > 0 else error).item()
 
 
 def random_inputs(batch, heads, seqlen, dim_qk, dim_v, dtype, device, requires_grad=False):

@@ -3,13 +3,22 @@ import pytest
 import torch
 
 from conftest import random_inputs, requires_cuda
-from lightning_attn2_cuda import build_slopes, lightning_attn
+from lightning_attn2_cuda import build_slopes, lightning_attn, lightning_attn_decode
 from lightning_attn2_cuda.interface import _last_dim_contiguous
 
 
 def good_inputs(device="cpu", dtype=torch.float32):
     q, k, v = random_inputs(2, 4, 10, 8, 6, dtype, device)
     return dict(q=q, k=k, v=v, slope=build_slopes(4, device=device), scale=1.0)
+
+
+def packed(**changes):
+    """Arguments of one packed row of 10 tokens."""
+    args = good_inputs()
+    for name in ("q", "k", "v"):
+        args[name] = args[name][:1]
+    args.update(changes)
+    return args
 
 
 def replaced(**changes):
@@ -35,10 +44,23 @@ CASES = [
     ("slope negative", lambda: replaced(slope=torch.tensor([0.1, -0.5, 0.2, 0.3])), ValueError, ["slope", ">= 0", "-0.5"]),
     ("slope nan", lambda: replaced(slope=torch.tensor([0.1, float("nan"), 0.2, 0.3])), ValueError, ["slope", "finite"]),
     ("slope inf", lambda: replaced(slope=torch.tensor([0.1, float("inf"), 0.2, 0.3])), ValueError, ["slope", "finite"]),
-    ("slope requires grad", lambda: replaced(slope=torch.ones(4, requires_grad=True)), ValueError, ["slope", "requires_grad"]),
     ("scale nan", lambda: replaced(scale=float("nan")), ValueError, ["scale", "nan"]),
     ("scale string", lambda: replaced(scale="1"), ValueError, ["scale", "'1'"]),
     ("scale past float32", lambda: replaced(scale=1e39), ValueError, ["scale", "float32", "1e+39"]),
+    ("layout unknown", lambda: replaced(layout="BHDN"), ValueError, ["layout", "'BHDN'", "BNHD"]),
+    ("BNHD shapes", lambda: replaced(layout="BNHD", v=torch.randn(2, 4, 11, 6)), ValueError, ["v", "[B, N, H, E]"]),
+    ("final state flag", lambda: replaced(output_final_state=1), TypeError, ["output_final_state", "bool", "int"]),
+    ("state shape", lambda: replaced(initial_state=torch.randn(2, 4, 6, 8)), ValueError, ["initial_state", "(2, 4, 6, 8)", "(2, 4, 8, 6)"]),
+    ("state dtype", lambda: replaced(initial_state=torch.randn(2, 4, 8, 6, dtype=torch.float16)), TypeError, ["initial_state", "float16", "float32"]),
+    ("state not a tensor", lambda: replaced(initial_state=0.0), TypeError, ["initial_state", "float"]),
+    ("cu_seqlens with batch 2", lambda: replaced(cu_seqlens=torch.tensor([0, 10])), ValueError, ["batch size 1", "cu_seqlens", "2"]),
+    ("cu_seqlens float", lambda: packed(cu_seqlens=torch.tensor([0.0, 10.0])), TypeError, ["cu_seqlens", "int32 or int64", "float32"]),
+    ("cu_seqlens 2-D", lambda: packed(cu_seqlens=torch.tensor([[0, 10]])), ValueError, ["cu_seqlens", "(1, 2)"]),
+    ("cu_seqlens one entry", lambda: packed(cu_seqlens=torch.tensor([0])), ValueError, ["cu_seqlens", ">= 2", "1"]),
+    ("cu_seqlens start", lambda: packed(cu_seqlens=torch.tensor([1, 4, 10])), ValueError, ["cu_seqlens", "start at 0", "1"]),
+    ("cu_seqlens decreasing", lambda: packed(cu_seqlens=torch.tensor([0, 6, 4, 10])), ValueError, ["cu_seqlens", "non-decreasing", "6 then 4"]),
+    ("cu_seqlens end", lambda: packed(cu_seqlens=torch.tensor([0, 4, 9])), ValueError, ["cu_seqlens", "total token count 10", "9"]),
+    ("state per packed sequence", lambda: packed(cu_seqlens=torch.tensor([0, 4, 10]), initial_state=torch.randn(1, 4, 8, 6)), ValueError, ["initial_state", "(2, 4, 8, 6)"]),
 ]
 
 
@@ -136,3 +158,51 @@ def test_other_layouts_are_copied():
     x = torch.randn(2, 3, 5, 4).transpose(2, 3)  # last dim strided
     y = _last_dim_contiguous(x)
     assert y.stride(-1) == 1 and torch.equal(y, x)
+
+
+def test_slope_gradient_is_returned_on_cpu():
+    args = good_inputs()
+    slope = args["slope"].clone().requires_grad_(True)
+    lightning_attn(**{**args, "slope": slope}).sum().backward()
+    assert slope.grad is not None and slope.grad.shape == (4,)
+
+
+def test_cu_seqlens_changed_in_place_is_checked_again():
+    args = packed(cu_seqlens=torch.tensor([0, 4, 10]))
+    lightning_attn(**args)
+    args["cu_seqlens"][1] = 11
+    with pytest.raises(ValueError, match="non-decreasing"):
+        lightning_attn(**args)
+
+
+def decode_inputs(batch=3, heads=4, rows=5):
+    q, k = (torch.randn(batch, heads, 8) for _ in range(2))
+    return dict(q=q, k=k, v=torch.randn(batch, heads, 6), state_cache=torch.randn(rows, heads, 8, 6), slope=build_slopes(heads))
+
+
+DECODE_CASES = [
+    ("q rank 4", dict(q=torch.randn(3, 4, 1, 8)), ValueError, ["q", "[B, H, D]", "(3, 4, 1, 8)"]),
+    ("v heads", dict(v=torch.randn(3, 5, 6)), ValueError, ["v", "(3, 4)", "(3, 5, 6)"]),
+    ("k dtype", dict(k=torch.randn(3, 4, 8, dtype=torch.float64)), TypeError, ["k", "float64"]),
+    ("cache dtype", dict(state_cache=torch.randn(5, 4, 8, 6, dtype=torch.float64)), TypeError, ["state_cache", "float32", "float64"]),
+    ("cache shape", dict(state_cache=torch.randn(5, 4, 6, 8)), ValueError, ["state_cache", "[S, 4, 8, 6]", "(5, 4, 6, 8)"]),
+    ("cache too small", dict(state_cache=torch.randn(2, 4, 8, 6)), ValueError, ["state_cache", "3 rows", "2"]),
+    ("indices dtype", dict(state_indices=torch.tensor([0.0, 1.0, 2.0])), TypeError, ["state_indices", "int32 or int64"]),
+    ("indices length", dict(state_indices=torch.tensor([0, 1])), ValueError, ["state_indices", "(3,)", "(2,)"]),
+    ("index past cache", dict(state_indices=torch.tensor([0, 5, 1])), ValueError, ["state_indices", "[-1, 5)", "5", "position 1"]),
+    ("index below -1", dict(state_indices=torch.tensor([0, -2, 1])), ValueError, ["state_indices", "-2"]),
+    ("index repeated", dict(state_indices=torch.tensor([2, -1, 2])), ValueError, ["state_indices", "repeat"]),
+    ("scale inf", dict(scale=float("inf")), ValueError, ["scale", "inf"]),
+    ("requires grad", dict(q=torch.randn(3, 4, 8, requires_grad=True)), ValueError, ["not differentiable", "no_grad"]),
+]
+
+
+@pytest.mark.parametrize("changes, error, words", [c[1:] for c in DECODE_CASES], ids=[c[0] for c in DECODE_CASES])
+def test_bad_decode_input_is_named(changes, error, words):
+    args = {**decode_inputs(), **changes}
+    before = args["state_cache"].clone()
+    with pytest.raises(error) as info:
+        lightning_attn_decode(**args)
+    for word in words:
+        assert word in str(info.value), f"{word!r} missing from: {info.value}"
+    assert torch.equal(args["state_cache"], before)

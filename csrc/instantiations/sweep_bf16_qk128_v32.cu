@@ -2,5 +2,6 @@
 #include "../linear_attn_kernel.cuh"
 
 namespace lightning_attn2 {
-template cudaError_t launch_linear_attn_sweep<__nv_bfloat16, 128, 32>(const LinearAttnBatch&, cudaStream_t);
+template cudaError_t launch_linear_attn_sweep<__nv_bfloat16, 128, 32, false>(const LinearAttnBatch&, SweepPass,
+                                                                            cudaStream_t);
 }  // namespace lightning_attn2

@@ -1,0 +1,44 @@
+"""The workload compute-sanitizer checks (run by scripts/sanitize.sh): forward and
+backward, equal-length and packed batches, states in and out, the slope gradient and
+the decode step, at small odd shapes in every dtype."""
+import torch
+
+from lightning_attn2_cuda import build_slopes, lightning_attn, lightning_attn_decode
+
+HEADS, DIM_QK, DIM_V = 3, 72, 40
+
+
+def check(o):
+    assert torch.isfinite(o).all(), "non-finite output"
+
+
+def main():
+    torch.manual_seed(0)
+    slope = build_slopes(HEADS).cuda()
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for seqlen, cu_seqlens in ((1, None), (65, None), (200, None), (200, [0, 0, 1, 65, 200])):
+            batch = 2 if cu_seqlens is None else 1
+            seqs = batch if cu_seqlens is None else len(cu_seqlens) - 1
+            cu = None if cu_seqlens is None else torch.tensor(cu_seqlens, device="cuda", dtype=torch.int32)
+            q, k = (torch.randn(batch, HEADS, seqlen, DIM_QK, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
+            v = torch.randn(batch, HEADS, seqlen, DIM_V, device="cuda", dtype=dtype, requires_grad=True)
+            state = torch.randn(seqs, HEADS, DIM_QK, DIM_V, device="cuda", requires_grad=True)
+            rates = slope.clone().requires_grad_(True)
+            o, final = lightning_attn(q, k, v, rates, 0.5, initial_state=state, output_final_state=True, cu_seqlens=cu)
+            ((o.float() * torch.randn_like(o.float())).sum() + (final * torch.randn_like(final)).sum()).backward()
+            for x in (o, final, q.grad, k.grad, v.grad, state.grad, rates.grad):
+                check(x)
+            # long enough with one head to be cut into chunks (state, prefix, output passes)
+            ql, kl, vl = (torch.randn(1, 1, 3000, d, device="cuda", dtype=dtype) for d in (DIM_QK, DIM_QK, DIM_V))
+            check(lightning_attn(ql, kl, vl, slope[:1], initial_state=torch.randn(1, 1, DIM_QK, DIM_V, device="cuda")))
+        with torch.no_grad():
+            cache = torch.randn(5, HEADS, DIM_QK, DIM_V, device="cuda")
+            qd, kd = (torch.randn(3, HEADS, DIM_QK, device="cuda", dtype=dtype) for _ in range(2))
+            vd = torch.randn(3, HEADS, DIM_V, device="cuda", dtype=dtype)
+            check(lightning_attn_decode(qd, kd, vd, cache, slope, state_indices=torch.tensor([4, -1, 0], device="cuda")))
+    torch.cuda.synchronize()
+    print("sanitize workload done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""States in and out, packed variable-length batches, the decode step, the BNHD
+layout and the slope gradient, against float64 autograd of the reference forms.
+
+Every case runs on the CPU path (float32, what CI checks) and on CUDA in each
+dtype, with the relative L2 bounds of test_cuda.py. Losses include a random
+gradient for the final state, so gradients flowing in through it are checked.
+
+The slope gradient of a head is one sum over all its tokens, and such a sum can
+nearly cancel (with D = 1, 30000 times smaller than its terms were seen): no method
+gets it to a fixed relative error. Its error is bounded instead relative to the sum
+of the absolute contributions of the tokens, as a sum of terms each accurate to the
+bound would be (slope_error).
+"""
+import pytest
+import torch
+
+from conftest import relative_l2, requires_cuda
+from lightning_attn2_cuda import build_slopes, lightning_attn, lightning_attn_decode, reference
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
+DEVICES_AND_DTYPES = [("cpu", torch.float32)] + [
+    pytest.param("cuda", dtype, marks=requires_cuda) for dtype in (torch.float32, torch.float16, torch.bfloat16)
+]
+IDS = ["cpu-float32", "cuda-float32", "cuda-float16", "cuda-bfloat16"]
+DECAYS = {
+    "zero": lambda h: torch.zeros(h),
+    "alibi": lambda h: build_slopes(h),
+    "strong": lambda h: torch.full((h,), 10.0),
+}
+# (batch, heads, sequence lengths or None, seqlen, D, E): equal-length batches and
+# packed ones, short enough to run in one CTA per sequence and long enough with few
+# heads to be cut into chunks (state, prefix and output passes).
+SHAPES = {
+    "batch": (2, 3, None, 300, 64, 32),
+    "batch-chunked": (1, 2, None, 5000, 32, 72),
+    "packed": (1, 3, [0, 1, 63, 64, 65, 700, 3, 0], None, 64, 32),
+    "packed-chunked": (1, 2, [2500, 20, 0, 4100, 1], None, 72, 64),
+}
+
+
+def make_problem(shape, dtype, device, decay):
+    batch, heads, lengths, seqlen, dim_qk, dim_v = shape
+    cu_seqlens = None
+    if lengths is not None:
+        cu_seqlens = torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
+        seqlen = sum(lengths)
+    num_seqs = batch if lengths is None else len(lengths)
+    q, k = (torch.randn(batch, heads, seqlen, dim_qk, device=device, dtype=dtype) for _ in range(2))
+    v = torch.randn(batch, heads, seqlen, dim_v, device=device, dtype=dtype)
+    state = torch.randn(num_seqs, heads, dim_qk, dim_v, device=device)
+    slope = DECAYS[decay](heads).to(device)
+    return q, k, v, slope, state, cu_seqlens
+
+
+def float64_reference(q, k, v, slope, state, cu_seqlens, scale, dout, d_final):
+    """o, final state and the gradients of q, k, v, slope, initial state in float64."""
+    inputs = [x.detach().double().requires_grad_(True) for x in (q, k, v, slope, state)]
+    form = reference.naive if q.shape[2] <= 1024 else reference.blockwise
+    o, final = reference.packed(form, *inputs[:3], inputs[3], scale, initial_state=inputs[4], cu_seqlens=cu_seqlens)
+    grads = torch.autograd.grad((o * dout.double()).sum() + (final * d_final.double()).sum(), inputs)
+    return o.detach(), final.detach(), grads
+
+
+def slope_gradient_scale(q, k, v, slope, state, cu_seqlens, scale, dout, d_final):
+    """Per head, the sum over tokens t of |do_t . do_t/dslope| and over sequences of
+    |<dF, dF/dslope>|, in float64 (forward-mode derivatives of the reference)."""
+    q, k, v, slope, state = (x.detach().double() for x in (q, k, v, slope, state))
+    form = reference.naive if q.shape[2] <= 1024 else reference.blockwise
+
+    def run(rates):
+        return reference.packed(form, q, k, v, rates, scale, initial_state=state, cu_seqlens=cu_seqlens)
+
+    _, (do_ds, dfinal_ds) = torch.func.jvp(run, (slope,), (torch.ones_like(slope),))
+    per_token = (dout.double() * do_ds).sum(-1).abs().sum(dim=(0, 2))
+    per_sequence = (d_final.double() * dfinal_ds).sum(dim=(-1, -2)).abs().sum(dim=0)
+    return per_token + per_sequence
+
+
+def slope_error(d_slope, expected, scale):
+    """Largest over heads of |error| / (sum of |contributions|), or |error| where
+    nothing contributes (the gradient must then be exactly 0); NaN anywhere fails."""
+    error = (d_slope.double() - expected).abs()
+    return torch.where(scale > 0, error / scale, error).max().item()
+
+
+def run_with_grads(q, k, v, slope, state, cu_seqlens, scale, dout, d_final, layout="BHND"):
+    inputs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, slope, state)]
+    o, final = lightning_attn(
+        *inputs[:3], inputs[3], scale, initial_state=inputs[4], output_final_state=True, cu_seqlens=cu_seqlens,
+        layout=layout,
+    )  # fmt: skip
+    grads = torch.autograd.grad((o * dout).sum() + (final * d_final).sum(), inputs)
+    return o, final, grads
+
+
+@pytest.mark.parametrize("decay", list(DECAYS))
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_states_and_packing_match_float64(device, dtype, shape, decay, poison_allocations):
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES[shape], dtype, device, decay)
+    dout = torch.randn(*q.shape[:3], v.shape[3], device=device, dtype=dtype)
+    d_final = torch.randn_like(state)
+    o, final, grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    o_ref, final_ref, grads_ref = float64_reference(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    names = ("o", "final_state", "dq", "dk", "dv", "dslope", "dinitial_state")
+    errors = {n: relative_l2(x, r) for n, x, r in zip(names, (o, final, *grads), (o_ref, final_ref, *grads_ref))}
+    scale = slope_gradient_scale(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    errors["dslope"] = slope_error(grads[3], grads_ref[3], scale)
+    bound = TOLERANCE[dtype]
+    assert all(err <= bound for err in errors.values()), f"relative L2 errors {errors} above {bound}"
+
+
+@requires_cuda
+def test_more_packed_sequences_than_one_sort(poison_allocations):
+    """1100 sequences (0 to 8 tokens): more than the packing pass sorts longest first
+    (1024), so they are taken in their own order."""
+    lengths = [(7 * i) % 9 for i in range(1100)]
+    q, k, v, slope, state, cu_seqlens = make_problem((1, 2, lengths, None, 32, 16), torch.bfloat16, "cuda", "alibi")
+    dout = torch.randn(*q.shape[:3], v.shape[3], device="cuda", dtype=torch.bfloat16)
+    d_final = torch.randn_like(state)
+    o, final, grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    o_ref, final_ref, grads_ref = float64_reference(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    for x, ref in zip((o, final, *grads[:3], grads[4]), (o_ref, final_ref, *grads_ref[:3], grads_ref[4])):
+        assert relative_l2(x, ref) <= TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_packed_equals_separate_calls(device, dtype, poison_allocations):
+    """Each packed sequence as its own call, from its own initial state."""
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["packed-chunked"], dtype, device, "alibi")
+    o, final = lightning_attn(q, k, v, slope, 0.5, initial_state=state, output_final_state=True, cu_seqlens=cu_seqlens)
+    bounds = cu_seqlens.tolist()
+    for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        piece = (x[:, :, start:end] for x in (q, k, v))
+        o_n, final_n = lightning_attn(*piece, slope, 0.5, initial_state=state[n : n + 1], output_final_state=True)
+        assert relative_l2(o[:, :, start:end], o_n) <= TOLERANCE[dtype] if end > start else True
+        assert relative_l2(final[n : n + 1], final_n) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("decay", list(DECAYS))
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_pieces_continue_the_whole(device, dtype, decay, poison_allocations):
+    """Chunked prefill: a sequence fed in pieces, each from the last one's final state."""
+    q, k, v, slope, _, _ = make_problem((2, 3, None, 2000, 64, 48), dtype, device, decay)
+    whole, whole_final = lightning_attn(q, k, v, slope, 0.5, output_final_state=True)
+    pieces, state = [], None
+    for start, end in ((0, 1), (1, 64), (64, 129), (129, 1500), (1500, 2000)):
+        o, state = lightning_attn(
+            *(x[:, :, start:end] for x in (q, k, v)), slope, 0.5, initial_state=state, output_final_state=True
+        )
+        pieces.append(o)
+    o_ref, final_ref, _ = float64_reference(
+        q, k, v, slope, torch.zeros_like(state), None, 0.5, torch.zeros_like(whole), torch.zeros_like(state)
+    )
+    for o, final in ((whole, whole_final), (torch.cat(pieces, dim=2), state)):
+        assert relative_l2(o, o_ref) <= TOLERANCE[dtype]
+        assert relative_l2(final, final_ref) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("indices", ["rows", "mapped"])
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_prefill_then_decode_matches_forward(device, dtype, indices, poison_allocations):
+    """Prefill 100 tokens, then decode 40 one at a time; slot -1 sequences stay untouched."""
+    batch, heads, prefill, steps, dim_qk, dim_v = 4, 3, 100, 40, 64, 40
+    q, k, v, slope, _, _ = make_problem((batch, heads, None, prefill + steps, dim_qk, dim_v), dtype, device, "alibi")
+    _, state = lightning_attn(*(x[:, :, :prefill] for x in (q, k, v)), slope, 0.5, output_final_state=True)
+    if indices == "rows":
+        cache, state_indices, live = state.clone(), None, torch.arange(batch)
+    else:  # sequences 0, 2, 3 in cache rows 5, 1, 3 of 6; sequence 1 is padding (-1)
+        cache = torch.randn(6, heads, dim_qk, dim_v, device=device)
+        state_indices = torch.tensor([5, -1, 1, 3], device=device)
+        live = torch.tensor([0, 2, 3])
+        cache[state_indices[live]] = state[live]
+    untouched = cache.clone()
+    outputs = []
+    with torch.no_grad():
+        for t in range(prefill, prefill + steps):
+            outputs.append(lightning_attn_decode(q[:, :, t], k[:, :, t], v[:, :, t], cache, slope, 0.5, state_indices=state_indices))
+    decoded = torch.stack(outputs, dim=2)
+    zeros = torch.zeros(q.shape[0], heads, dim_qk, dim_v, device=device)
+    o_ref, final_ref, _ = float64_reference(q, k, v, slope, zeros, None, 0.5, torch.zeros_like(v), zeros)
+    rows = live if state_indices is None else state_indices[live].cpu()
+    assert relative_l2(decoded[live], o_ref[live, :, prefill:]) <= TOLERANCE[dtype]
+    assert relative_l2(cache[rows], final_ref[live]) <= TOLERANCE[dtype]
+    if state_indices is not None:
+        assert torch.equal(decoded[1], torch.zeros_like(decoded[1]))
+        others = [r for r in range(6) if r not in rows.tolist()]
+        assert torch.equal(cache[others], untouched[others])
+
+
+@pytest.mark.parametrize("shape", ["batch-chunked", "packed"])
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_bnhd_layout_is_bitwise_equal(device, dtype, shape, poison_allocations):
+    """[B, N, H, D] storage read in place gives the bits of contiguous [B, H, N, D]."""
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES[shape], dtype, device, "alibi")
+    dout = torch.randn(*q.shape[:3], v.shape[3], device=device, dtype=dtype)
+    d_final = torch.randn_like(state)
+    expected = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    bnhd = [x.transpose(1, 2).contiguous() for x in (q, k, v, dout)]
+    o, final, grads = run_with_grads(*bnhd[:3], slope, state, cu_seqlens, 0.5, bnhd[3], d_final, layout="BNHD")
+    assert o.shape == bnhd[2].shape and o.is_contiguous()
+    assert torch.equal(o.transpose(1, 2), expected[0]) and torch.equal(final, expected[1])
+    dq, dk, dv, d_slope, d_state = grads
+    for x, ref in zip((dq, dk, dv), expected[2][:3]):
+        assert torch.equal(x.transpose(1, 2), ref)
+    assert torch.equal(d_state, expected[2][4])
+    # summed over tokens in another memory order: equal to rounding
+    assert relative_l2(d_slope, expected[2][3]) <= 1e-6
+
+
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_only_some_inputs_require_grad(device, dtype, poison_allocations):
+    """Backward runs only the sweeps it needs; the gradients it gives are unchanged."""
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["packed"], dtype, device, "alibi")
+    dout = torch.randn(*q.shape[:3], v.shape[3], device=device, dtype=dtype)
+    d_final = torch.randn_like(state)
+    _, _, all_grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    for wanted in range(5):
+        inputs = [x.detach().clone().requires_grad_(i == wanted) for i, x in enumerate((q, k, v, slope, state))]
+        o, final = lightning_attn(
+            *inputs[:3], inputs[3], 0.5, initial_state=inputs[4], output_final_state=True, cu_seqlens=cu_seqlens
+        )
+        (grad,) = torch.autograd.grad((o * dout).sum() + (final * d_final).sum(), inputs[wanted])
+        assert torch.equal(grad, all_grads[wanted])
+
+
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_final_state_alone_gets_a_gradient(device, dtype, poison_allocations):
+    """A loss on the final state only: o receives no gradient at all."""
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["batch"], dtype, device, "alibi")
+    d_final = torch.randn_like(state)
+    inputs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, slope, state)]
+    _, final = lightning_attn(*inputs[:3], inputs[3], 0.5, initial_state=inputs[4], output_final_state=True)
+    grads = torch.autograd.grad((final * d_final).sum(), inputs, allow_unused=True, materialize_grads=True)
+    no_dout = torch.zeros(*q.shape[:3], v.shape[3], device=device)
+    _, _, expected = float64_reference(q, k, v, slope, state, None, 0.5, no_dout, d_final)
+    scale = slope_gradient_scale(q, k, v, slope, state, None, 0.5, no_dout, d_final)
+    assert torch.equal(grads[0], torch.zeros_like(q))  # q reaches only o
+    for x, ref in zip(grads[1:3] + grads[4:], expected[1:3] + expected[4:]):
+        assert relative_l2(x, ref) <= TOLERANCE[dtype]
+    assert slope_error(grads[3], expected[3], scale) <= TOLERANCE[dtype]
+
+
+@requires_cuda
+def test_packed_call_captures_in_a_cuda_graph():
+    """No host sync in the call: a packed forward captured once replays with new
+    boundaries and inputs copied into the same buffers."""
+    q, k, v, slope, _, cu_seqlens = make_problem(SHAPES["packed-chunked"], torch.bfloat16, "cuda", "alibi")
+    static = [x.clone() for x in (q, k, v)]
+    static_cu = cu_seqlens.clone()
+    lightning_attn(*static, slope, 0.5, cu_seqlens=static_cu)  # checks values, warms up
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph):
+        out = lightning_attn(*static, slope, 0.5, cu_seqlens=static_cu)
+    torch.cuda.current_stream().wait_stream(stream)
+    new = [torch.randn_like(x) for x in static]
+    new_cu = torch.tensor([0, 7, 7, 3000, 6000, 6621], device="cuda", dtype=torch.int32)
+    for x, y in zip(static + [static_cu], new + [new_cu]):
+        x.copy_(y)
+    graph.replay()
+    assert torch.equal(out, lightning_attn(*new, slope, 0.5, cu_seqlens=new_cu))
+
+
+@requires_cuda
+def test_no_host_sync_once_values_are_checked():
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["packed"], torch.bfloat16, "cuda", "alibi")
+    lightning_attn(q, k, v, slope, initial_state=state, cu_seqlens=cu_seqlens)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        lightning_attn(q, k, v, slope, initial_state=state, output_final_state=True, cu_seqlens=cu_seqlens)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
