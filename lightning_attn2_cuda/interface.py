@@ -284,6 +284,11 @@ class _LightningAttnCUDA(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, d_final_state=None):
+        with torch.autocast("cuda", enabled=False):  # the slope gradient's sums stay in float32
+            return _LightningAttnCUDA._backward(ctx, dout, d_final_state)
+
+    @staticmethod
+    def _backward(ctx, dout, d_final_state):
         q, k, v, rates, initial_state, cu_seqlens = ctx.saved_tensors
         need_q, need_k, need_v, need_slope, need_initial = ctx.needs_input_grad[:5]
         layout = ctx.layout
@@ -324,14 +329,41 @@ class _LightningAttnCUDA(torch.autograd.Function):
         return dq, dk, dv if need_v else None, d_slope, d_initial, *([None] * 6)
 
 
-def _cpu_forward(q, k, v, rates, scale, initial_state, output_final_state, cu_seqlens, layout):
+def _cpu_forward(q, k, v, rates, scale, initial_state, cu_seqlens, layout):
     """The blockwise reference in the caller's layout, one packed sequence at a time."""
     qb, kb, vb = (_to_bhnd(x, layout) for x in (q, k, v))
     o, final_state = reference.packed(
         reference.blockwise, qb, kb, vb, rates, scale, initial_state=initial_state, cu_seqlens=cu_seqlens
     )
-    o = o if layout == "BHND" else o.transpose(1, 2).contiguous()
-    return (o, final_state) if output_final_state else o
+    return (o if layout == "BHND" else o.transpose(1, 2).contiguous()), final_state
+
+
+class _LightningAttnCPU(torch.autograd.Function):
+    """The CPU path: the reference, differentiated by autograd with autocast off in
+    both directions, so that inside an autocast region it computes in its inputs'
+    dtype as the CUDA path does (a backward run there would otherwise be autocast)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rates, initial_state, cu_seqlens, scale, layout):
+        inputs = [None if x is None else x.detach().requires_grad_(x.requires_grad) for x in (q, k, v, rates, initial_state)]
+        with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            ctx.outputs = _cpu_forward(*inputs[:4], scale, inputs[4], cu_seqlens, layout)
+        ctx.inputs = inputs
+        return tuple(x.detach() for x in ctx.outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_o, d_final_state):
+        wanted = [x is not None and x.requires_grad for x in ctx.inputs]
+        outputs = [(x, g) for x, g in zip(ctx.outputs, (d_o, d_final_state)) if g is not None and x.requires_grad]
+        grads = iter(())
+        if outputs and any(wanted):
+            with torch.autocast("cpu", enabled=False):
+                grads = iter(torch.autograd.grad(
+                    [x for x, _ in outputs], [x for x, w in zip(ctx.inputs, wanted) if w], [g for _, g in outputs],
+                    allow_unused=True, retain_graph=True,  # gradcheck runs backward more than once
+                ))  # fmt: skip
+        return (*(next(grads, None) if w else None for w in wanted), None, None, None)
 
 
 def lightning_attn(
@@ -374,7 +406,8 @@ def lightning_attn(
         q, k, v, slope, scale, initial_state, output_final_state, cu_seqlens, layout
     )
     if q.device.type == "cpu":
-        return _cpu_forward(q, k, v, rates, scale, initial_state, output_final_state, cu_seqlens, layout)
+        o, final_state = _LightningAttnCPU.apply(q, k, v, rates, initial_state, cu_seqlens, scale, layout)
+        return (o, final_state) if output_final_state else o
     if _C is None:
         raise RuntimeError(f"lightning_attn2_cuda: the CUDA extension is not built ({_C_IMPORT_ERROR})")
     return _LightningAttnCUDA.apply(
@@ -440,7 +473,8 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
 
         _check_values_once(state_indices, rows, check)
     if q.device.type == "cpu":
-        return reference.decode_step(q, k, v, state_cache, rates, scale, state_indices)
+        with torch.autocast("cpu", enabled=False):  # in the inputs' dtype, as on CUDA
+            return reference.decode_step(q, k, v, state_cache, rates, scale, state_indices)
     if _C is None:
         raise RuntimeError(f"lightning_attn2_cuda: the CUDA extension is not built ({_C_IMPORT_ERROR})")
     cache = _last_dim_contiguous(state_cache)

@@ -75,7 +75,7 @@ def test_long_sequence(poison_allocations):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_deterministic(dtype):
+def test_deterministic(dtype, poison_allocations):
     q, k, v = random_inputs(2, 4, 3000, 128, 96, dtype, "cuda", requires_grad=True)
     slope = build_slopes(4).cuda()
     dout = torch.randn(2, 4, 3000, 96, dtype=dtype, device="cuda")
