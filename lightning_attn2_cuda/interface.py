@@ -120,11 +120,15 @@ def _check_slope(slope, q, heads):
     if slope is None:
         return None
     if not isinstance(slope, torch.Tensor):
-        raise TypeError(f"slope must be a torch.Tensor of {heads} per-head decay rates or None, got {type(slope).__name__}")
+        raise TypeError(
+            f"slope must be a torch.Tensor of {heads} per-head decay rates or None, got {type(slope).__name__}"
+        )
     if not slope.is_floating_point():
         raise TypeError(f"slope must be a floating-point tensor, got {slope.dtype}")
     if tuple(slope.shape) not in ((heads,), (heads, 1, 1)):
-        raise ValueError(f"slope must have shape ({heads},) or ({heads}, 1, 1) for H = {heads}, got {tuple(slope.shape)}")
+        raise ValueError(
+            f"slope must have shape ({heads},) or ({heads}, 1, 1) for H = {heads}, got {tuple(slope.shape)}"
+        )
     if slope.device != q.device:
         raise ValueError(f"slope must be on q's device {q.device}, got {slope.device}")
     rates = slope.reshape(heads)
@@ -174,7 +178,9 @@ def _check_state(name, state, q, shape):
         raise TypeError(f"{name} must be a torch.Tensor of shape {shape} or None, got {type(state).__name__}")
     allowed = (torch.float32, torch.float64) if q.dtype == torch.float64 else (torch.float32,)
     if state.dtype not in allowed:
-        raise TypeError(f"{name} must have dtype {_dtype_names(allowed)} (states are kept in float32), got {state.dtype}")
+        raise TypeError(
+            f"{name} must have dtype {_dtype_names(allowed)} (states are kept in float32), got {state.dtype}"
+        )
     if tuple(state.shape) != shape:
         raise ValueError(f"{name} must have shape {shape} [N, H, D, E], got {tuple(state.shape)}")
     if state.device != q.device:
@@ -207,7 +213,9 @@ def _check_inputs(q, k, v, slope, scale, initial_state, output_final_state, cu_s
     num_seqs = batch
     if cu_seqlens is not None:
         if batch != 1:
-            raise ValueError(f"q must have batch size 1 with cu_seqlens (all sequences packed into one row), got {batch}")
+            raise ValueError(
+                f"q must have batch size 1 with cu_seqlens (all sequences packed into one row), got {batch}"
+            )
         num_seqs = _check_cu_seqlens(cu_seqlens, q, seqlen)
     if initial_state is not None:
         _check_state("initial_state", initial_state, q, (num_seqs, heads, dim_qk, dim_v))
@@ -273,7 +281,8 @@ class _LightningAttnCUDA(torch.autograd.Function):
         qb, kb, vb, ob = (_to_bhnd(x, layout) for x in (q, k, v, o))
         final_state = None
         if output_final_state:
-            final_state = torch.empty(num_seqs, qb.shape[1], qb.shape[3], vb.shape[3], dtype=torch.float32, device=q.device)
+            state_shape = (num_seqs, qb.shape[1], qb.shape[3], vb.shape[3])
+            final_state = torch.empty(state_shape, dtype=torch.float32, device=q.device)
         _C.forward(qb, kb, vb, rates, scale, ob, initial_state, final_state, cu_seqlens)
         ctx.save_for_backward(q, k, v, rates, initial_state, cu_seqlens)
         ctx.scale, ctx.layout = scale, layout
@@ -303,7 +312,8 @@ class _LightningAttnCUDA(torch.autograd.Function):
         dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if need_v or need_initial else None
         dq_decay = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_slope else None
         qb, kb, vb, doutb = (_to_bhnd(x, layout) for x in (q, k, v, dout))
-        state_shape = (len(cu_seqlens) - 1 if cu_seqlens is not None else qb.shape[0], qb.shape[1], qb.shape[3], vb.shape[3])
+        num_seqs = qb.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+        state_shape = (num_seqs, qb.shape[1], qb.shape[3], vb.shape[3])
         g0 = torch.empty(state_shape, dtype=torch.float32, device=q.device) if need_initial else None
         final_decay = derivative_scale = None
         if need_slope:
@@ -345,7 +355,9 @@ class _LightningAttnCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, rates, initial_state, cu_seqlens, scale, layout):
-        inputs = [None if x is None else x.detach().requires_grad_(x.requires_grad) for x in (q, k, v, rates, initial_state)]
+        inputs = [
+            None if x is None else x.detach().requires_grad_(x.requires_grad) for x in (q, k, v, rates, initial_state)
+        ]
         with torch.enable_grad(), torch.autocast("cpu", enabled=False):
             ctx.outputs = _cpu_forward(*inputs[:4], scale, inputs[4], cu_seqlens, layout)
         ctx.inputs = inputs
@@ -437,7 +449,9 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
     dim_v = v.shape[2]
     _check_head_dims(dim_qk, dim_v)
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-        raise ValueError("lightning_attn_decode is not differentiable: call it under torch.no_grad() or on detached q, k, v")
+        raise ValueError(
+            "lightning_attn_decode is not differentiable: call it under torch.no_grad() or on detached q, k, v"
+        )
     scale = _check_scale(scale)
     rates = _check_slope(slope, q, heads)
     if not isinstance(state_cache, torch.Tensor):
@@ -445,17 +459,26 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
     if state_cache.dtype != torch.float32:
         raise TypeError(f"state_cache must have dtype float32, got {state_cache.dtype}")
     if state_cache.dim() != 4 or tuple(state_cache.shape[1:]) != (heads, dim_qk, dim_v):
-        raise ValueError(f"state_cache must have shape [S, {heads}, {dim_qk}, {dim_v}] [S, H, D, E], got {tuple(state_cache.shape)}")
+        raise ValueError(
+            f"state_cache must have shape [S, {heads}, {dim_qk}, {dim_v}] [S, H, D, E], got {tuple(state_cache.shape)}"
+        )
     if state_cache.device != q.device:
         raise ValueError(f"state_cache must be on q's device {q.device}, got {state_cache.device}")
     if state_cache.stride(3) != 1 and dim_v > 1:
-        raise ValueError(f"state_cache must have a contiguous last dimension (it is written in place), got strides {state_cache.stride()}")
+        raise ValueError(
+            "state_cache must have a contiguous last dimension (it is written in place), "
+            f"got strides {state_cache.stride()}"
+        )
     rows = state_cache.shape[0]
     if q.is_cuda and (batch * heads > MAX_CUDA_COUNT or rows > MAX_CUDA_COUNT):
-        raise ValueError(f"batch x heads and cache rows must be at most {MAX_CUDA_COUNT} on CUDA, got {batch * heads}, {rows}")
+        raise ValueError(
+            f"batch x heads and cache rows must be at most {MAX_CUDA_COUNT} on CUDA, got {batch * heads}, {rows}"
+        )
     if state_indices is None:
         if rows < batch:
-            raise ValueError(f"state_cache must have a row per sequence without state_indices: {batch} rows, got {rows}")
+            raise ValueError(
+                f"state_cache must have a row per sequence without state_indices: {batch} rows, got {rows}"
+            )
     else:
         _check_index_tensor("state_indices", state_indices, q, batch, "the cache row of each sequence, -1 to skip")
 
@@ -465,7 +488,8 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
             repeated = used.numel() != torch.unique(used).numel()
             if bool(bad.any()):
                 raise ValueError(
-                    f"state_indices must be in [-1, {rows}) (rows of state_cache, -1 to skip), got {state_indices[bad][0].item()} "
+                    f"state_indices must be in [-1, {rows}) (rows of state_cache, -1 to skip), "
+                    f"got {state_indices[bad][0].item()} "
                     f"at position {int(torch.nonzero(bad)[0, 0])}"
                 )
             if repeated:

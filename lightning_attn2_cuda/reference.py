@@ -127,7 +127,8 @@ def packed(form, q, k, v, slope=None, scale=1.0, initial_state=None, cu_seqlens=
     bounds = cu_seqlens.tolist()
     for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         state = None if initial_state is None else initial_state[n : n + 1]
-        o, final = form(*(x[:, :, start:end] for x in (q, k, v)), slope, scale, initial_state=state, output_final_state=True)
+        piece = (x[:, :, start:end] for x in (q, k, v))
+        o, final = form(*piece, slope, scale, initial_state=state, output_final_state=True)
         outputs.append(o)
         finals.append(final)
     return torch.cat(outputs, dim=2), torch.cat(finals, dim=0)
