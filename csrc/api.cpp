@@ -159,39 +159,38 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
     const int64_t seqs = num_sequences(q, cu_seqlens), dim_qk = q.size(3), dim_v = v.size(3);
     la2::LinearAttnParams problems[la2::kMaxProblems];
     int num_problems = 0;
-    if (dq.has_value()) {
-        check_tensor(*dq, "dq", q);
-        TORCH_CHECK(dq->size(3) == dim_qk, "dq must have q's head dim");
+    // Checks a preallocated gradient of the given head dim and adds the sweep that writes it.
+    auto add_sweep = [&](const at::Tensor& out, const char* name, int64_t head_dim, const at::Tensor& a,
+                         const at::Tensor& b, const at::Tensor& c, double out_scale, double kv_scale,
+                         bool reversed) -> la2::LinearAttnParams& {
+        check_tensor(out, name, q);
+        TORCH_CHECK(out.size(3) == head_dim, name, " must have head dim ", head_dim, ", got ", out.size(3));
         la2::LinearAttnParams& p = problems[num_problems++];
-        p = sweep(dout, v, k, *dq, slope, scale, 1.0, /*reversed=*/false, cu_seqlens);
+        p = sweep(a, b, c, out, slope, out_scale, kv_scale, reversed, cu_seqlens);
+        return p;
+    };
+    if (dq.has_value()) {
+        la2::LinearAttnParams& p = add_sweep(*dq, "dq", dim_qk, dout, v, k, scale, 1.0, /*reversed=*/false);
         p.initial_state = state_tensor(initial_state, "initial_state", q, seqs, dim_v, dim_qk, true);
     }
     if (dk.has_value()) {
-        check_tensor(*dk, "dk", q);
-        TORCH_CHECK(dk->size(3) == dim_qk, "dk must have q's head dim");
-        la2::LinearAttnParams& p = problems[num_problems++];
-        p = sweep(v, dout, q, *dk, slope, 1.0, scale, /*reversed=*/true, cu_seqlens);
+        la2::LinearAttnParams& p = add_sweep(*dk, "dk", dim_qk, v, dout, q, 1.0, scale, /*reversed=*/true);
         p.initial_state = state_tensor(d_final_state, "d_final_state", q, seqs, dim_v, dim_qk, true);
         p.initial_state_undecayed = true;
     }
     if (dv.has_value()) {
-        check_tensor(*dv, "dv", q);
-        TORCH_CHECK(dv->size(3) == dim_v, "dv must have v's head dim");
-        la2::LinearAttnParams& p = problems[num_problems++];
-        p = sweep(k, q, dout, *dv, slope, 1.0, scale, /*reversed=*/true, cu_seqlens);
+        la2::LinearAttnParams& p = add_sweep(*dv, "dv", dim_v, k, q, dout, 1.0, scale, /*reversed=*/true);
         p.initial_state = state_tensor(d_final_state, "d_final_state", q, seqs, dim_qk, dim_v, false);
         p.initial_state_undecayed = true;
         p.final_state = state_tensor(g0, "g0", q, seqs, dim_qk, dim_v, false);
     }
     if (dq_decay.has_value()) {
-        check_tensor(*dq_decay, "dq_decay", q);
-        TORCH_CHECK(dq_decay->size(3) == dim_qk, "dq_decay must have q's head dim");
-        la2::LinearAttnParams& p = problems[num_problems++];
-        p = sweep(dout, v, k, *dq_decay, slope, scale, 1.0, /*reversed=*/false, cu_seqlens);
-        p.initial_state = state_tensor(initial_state, "initial_state", q, seqs, dim_v, dim_qk, true);
-        p.decay_derivative = true;
         TORCH_CHECK(derivative_scale.has_value(), "dq_decay needs derivative_scale");
         check_slope(derivative_scale, q, q.size(1));
+        la2::LinearAttnParams& p =
+            add_sweep(*dq_decay, "dq_decay", dim_qk, dout, v, k, scale, 1.0, /*reversed=*/false);
+        p.initial_state = state_tensor(initial_state, "initial_state", q, seqs, dim_v, dim_qk, true);
+        p.decay_derivative = true;
         p.derivative_scale = derivative_scale->data_ptr<float>();
         p.final_state = state_tensor(final_decay, "final_decay", q, seqs, dim_v, dim_qk, true);
     }

@@ -13,21 +13,30 @@ constexpr int kPackThreads = 1024;
 constexpr int kPrefixThreads = 256;
 
 // Exclusive scan over the CTA's threads of `x` under `op` (identity `zero`);
-// `total` gets the reduction of all. Every thread calls it.
+// `total` gets the reduction of all. Every thread calls it. Warp shuffles, then one
+// warp over the warps' totals: three barriers (the pass is on every packed call's
+// critical path).
 template <typename Op>
 __device__ int block_exclusive_scan(int x, int zero, Op op, int* total) {
-    __shared__ int scratch[kPackThreads];
-    scratch[threadIdx.x] = x;
+    static_assert(kPackThreads == 32 * 32, "one warp scans the warps' totals");
+    __shared__ int warp_totals[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    auto warp_inclusive_scan = [&](int value) {
+        for (int offset = 1; offset < 32; offset *= 2) {
+            const int other = __shfl_up_sync(0xffffffffu, value, offset);
+            if (lane >= offset) value = op(value, other);
+        }
+        return value;
+    };
+    const int inclusive = warp_inclusive_scan(x);
+    if (lane == 31) warp_totals[warp] = inclusive;
     __syncthreads();
-    for (int offset = 1; offset < kPackThreads; offset *= 2) {
-        const int other = threadIdx.x >= offset ? scratch[threadIdx.x - offset] : zero;
-        __syncthreads();
-        scratch[threadIdx.x] = op(scratch[threadIdx.x], other);
-        __syncthreads();
-    }
-    const int exclusive = threadIdx.x > 0 ? scratch[threadIdx.x - 1] : zero;
-    *total = scratch[kPackThreads - 1];
+    if (warp == 0) warp_totals[lane] = warp_inclusive_scan(warp_totals[lane]);
     __syncthreads();
+    const int before_lane = __shfl_up_sync(0xffffffffu, inclusive, 1);
+    const int exclusive = op(warp > 0 ? warp_totals[warp - 1] : zero, lane > 0 ? before_lane : zero);
+    *total = warp_totals[31];
+    __syncthreads();  // warp_totals is reused by the next call
     return exclusive;
 }
 
@@ -71,7 +80,9 @@ __global__ void __launch_bounds__(kPackThreads) pack_sequences_kernel(const __gr
         // Padding (key 0) sorts after every sequence, even one of no tokens.
         keys[i] = i < p.num_seqs ? (uint64_t(length_of(i)) << 32) | (0xffffffffu - uint32_t(i)) : 0;
         __syncthreads();
-        for (int size = 2; size <= kPackThreads; size *= 2) {
+        int sort_size = 1;  // the network spans the sequences, not all threads
+        while (sort_size < p.num_seqs) sort_size *= 2;
+        for (int size = 2; size <= sort_size; size *= 2) {
             for (int stride = size / 2; stride > 0; stride /= 2) {
                 const int partner = i ^ stride;
                 if (partner > i) {

@@ -31,11 +31,14 @@ def main():
             # long enough with one head to be cut into chunks (state, prefix, output passes)
             ql, kl, vl = (torch.randn(1, 1, 3000, d, device="cuda", dtype=dtype) for d in (DIM_QK, DIM_QK, DIM_V))
             check(lightning_attn(ql, kl, vl, slope[:1], initial_state=torch.randn(1, 1, DIM_QK, DIM_V, device="cuda")))
-        with torch.no_grad():
-            cache = torch.randn(5, HEADS, DIM_QK, DIM_V, device="cuda")
-            qd, kd = (torch.randn(3, HEADS, DIM_QK, device="cuda", dtype=dtype) for _ in range(2))
-            vd = torch.randn(3, HEADS, DIM_V, device="cuda", dtype=dtype)
-            check(lightning_attn_decode(qd, kd, vd, cache, slope, state_indices=torch.tensor([4, -1, 0], device="cuda")))
+        # decode: one column slice; three with a short last one (float4, then scalar columns)
+        for dim_v in (DIM_V, 136, 130):
+            with torch.no_grad():
+                cache = torch.randn(5, HEADS, DIM_QK, dim_v, device="cuda")
+                qd, kd = (torch.randn(3, HEADS, DIM_QK, device="cuda", dtype=dtype) for _ in range(2))
+                vd = torch.randn(3, HEADS, dim_v, device="cuda", dtype=dtype)
+                rows = torch.tensor([4, -1, 0], device="cuda")
+                check(lightning_attn_decode(qd, kd, vd, cache, slope, state_indices=rows))
     torch.cuda.synchronize()
     print("sanitize workload done")
 

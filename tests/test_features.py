@@ -158,11 +158,17 @@ def test_pieces_continue_the_whole(device, dtype, decay, poison_allocations):
         assert relative_l2(final, final_ref) <= TOLERANCE[dtype]
 
 
+# (dim_qk, dim_v): the decode kernel's column slices of 64 (one; three with a short
+# last one, float4 and scalar columns) and two passes over 256 rows.
+DECODE_DIMS = [(64, 40), (128, 136), (72, 130), (256, 64)]
+
+
+@pytest.mark.parametrize("dims", DECODE_DIMS, ids=[f"{d}x{e}" for d, e in DECODE_DIMS])
 @pytest.mark.parametrize("indices", ["rows", "mapped"])
 @pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
-def test_prefill_then_decode_matches_forward(device, dtype, indices, poison_allocations):
+def test_prefill_then_decode_matches_forward(device, dtype, indices, dims, poison_allocations):
     """Prefill 100 tokens, then decode 40 one at a time; slot -1 sequences stay untouched."""
-    batch, heads, prefill, steps, dim_qk, dim_v = 4, 3, 100, 40, 64, 40
+    (batch, heads, prefill, steps), (dim_qk, dim_v) = (4, 3, 100, 40), dims
     q, k, v, slope, _, _ = make_problem((batch, heads, None, prefill + steps, dim_qk, dim_v), dtype, device, "alibi")
     _, state = lightning_attn(*(x[:, :, :prefill] for x in (q, k, v)), slope, 0.5, output_final_state=True)
     if indices == "rows":
