@@ -16,7 +16,7 @@ visible. To add rows, write a function that returns rows and append it to CASES.
 Two more tables:
 - varlen: 16 packed sequences of mixed lengths totalling 65536 tokens, H = 16, [1, T, H, D]
   with cu_seqlens (ours and FLA chunk_simple_gla), beside ours on the same tokens as an
-  equal-length batch of 16 x 4096.
+  equal-length batch of 16 x 4096; then the same for 64 shorter sequences (64 x 1024).
 - decode: one token per sequence against fp32 states (B64 H32 and B256 H16): ours
   lightning_attn_decode updating the cache in place, FLA fused_recurrent_simple_gla with
   initial_state and output_final_state. Reported as state bytes read + written per second
@@ -192,21 +192,27 @@ def dense_causal_rows(args, ctx):
     return rows
 
 
-VARLEN_TOKENS, VARLEN_SEQS, VARLEN_HEADS = 65536, 16, 16
+VARLEN_TOKENS, VARLEN_HEADS = 65536, 16
+VARLEN_SEQS = [16, 64]  # sequences per packed batch, one table row group each
 DECODE_SHAPES = [(64, 32), (256, 16)]
 
 
-def varlen_lengths():
-    """16 mixed lengths (782 to 6623, like ANCHORS.md's 668 to 6771) that sum to 65536, fixed."""
+def varlen_lengths(seqs):
+    """`seqs` mixed lengths that sum to 65536, fixed (16: 782 to 6623, like ANCHORS.md's
+    668 to 6771)."""
     rng = random.Random(1)
-    raw = [rng.uniform(1.0, 10.0) for _ in range(VARLEN_SEQS)]
+    raw = [rng.uniform(1.0, 10.0) for _ in range(seqs)]
     lengths = [round(VARLEN_TOKENS * r / sum(raw)) for r in raw]
     lengths[-1] += VARLEN_TOKENS - sum(lengths)
     return lengths
 
 
 def varlen_rows(args, ctx):
-    lengths = varlen_lengths()
+    return [row for seqs in VARLEN_SEQS for row in varlen_rows_of(seqs, args, ctx)]
+
+
+def varlen_rows_of(seqs, args, ctx):
+    lengths = varlen_lengths(seqs)
     cu = torch.tensor([0] + lengths, device="cuda").cumsum(0)
     s = alibi_slopes(VARLEN_HEADS)
 
@@ -220,9 +226,9 @@ def varlen_rows(args, ctx):
         return lambda q, k, v: chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0, cu_seqlens=cu)[0]
 
     impls = {"ours": (ours_packed, (1, VARLEN_TOKENS), "BTHD"),
-             "ours_equal_length": (lambda: LOADERS["ours"](s), (VARLEN_SEQS, VARLEN_TOKENS // VARLEN_SEQS), "BHND"),
+             "ours_equal_length": (lambda: LOADERS["ours"](s), (seqs, VARLEN_TOKENS // seqs), "BHND"),
              "fla_chunk": (fla_packed, (1, VARLEN_TOKENS), "BTHD")}
-    return [timed_row("varlen", name, b, VARLEN_HEADS, n, load, layout, args, ctx, lengths=lengths)
+    return [timed_row("varlen", name, b, VARLEN_HEADS, n, load, layout, args, ctx, seqs=seqs, lengths=lengths)
             for name, (load, (b, n), layout) in impls.items() if name.removesuffix("_equal_length") in args.impls]
 
 
@@ -301,21 +307,25 @@ def dense_markdown(rows, impls):
 
 
 def varlen_markdown(rows):
-    rs = [r for r in rows if r.get("case") == "varlen"]
-    if not rs:
-        return ""
-    ours = next((r for r in rs if r["impl"] == "ours"), None)
-    lines = [f"Varlen: {VARLEN_SEQS} sequences, {VARLEN_TOKENS} tokens, H = {VARLEN_HEADS} "
-             f"(lengths {min(rs[0]['lengths'])} to {max(rs[0]['lengths'])}); floor "
-             f"{fmt(rs[0]['floor_fwd_ms'])} / {fmt(rs[0]['floor_fwdbwd_ms'])} ms.", "",
-             "| impl | fwd / fwd+bwd ms | vs ours packed fwd / fwd+bwd | / floor fwd / fwd+bwd | peak MiB |",
-             "|---|---|---|---|---|"]
-    for r in rs:
-        vs = " / ".join(fmt_ratio(r[t], ours[t]) if ours else "—" for t in ("fwd_ms", "fwdbwd_ms"))
-        floor = " / ".join(fmt_ratio(r[t], r[f"floor_{t}"]) for t in ("fwd_ms", "fwdbwd_ms"))
-        peak = "—" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-        lines.append(f"| {r['impl']} | {fmt(r['fwd_ms'])} / {fmt(r['fwdbwd_ms'])} | {vs} | {floor} | {peak} |")
-    return "\n".join(lines)
+    tables = []
+    for seqs in VARLEN_SEQS:
+        rs = [r for r in rows if r.get("case") == "varlen" and r["seqs"] == seqs]
+        if not rs:
+            continue
+        ours = next((r for r in rs if r["impl"] == "ours"), None)
+        tables += [f"Varlen: {seqs} sequences, {VARLEN_TOKENS} tokens, H = {VARLEN_HEADS} "
+                   f"(lengths {min(rs[0]['lengths'])} to {max(rs[0]['lengths'])}; equal length "
+                   f"{VARLEN_TOKENS // seqs}); floor {fmt(rs[0]['floor_fwd_ms'])} / "
+                   f"{fmt(rs[0]['floor_fwdbwd_ms'])} ms.",
+                   "", "| impl | fwd / fwd+bwd ms | vs ours packed fwd / fwd+bwd | / floor fwd / fwd+bwd | peak MiB |",
+                   "|---|---|---|---|---|"]
+        for r in rs:
+            vs = " / ".join(fmt_ratio(r[t], ours[t]) if ours else "—" for t in ("fwd_ms", "fwdbwd_ms"))
+            floor = " / ".join(fmt_ratio(r[t], r[f"floor_{t}"]) for t in ("fwd_ms", "fwdbwd_ms"))
+            peak = "—" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+            tables.append(f"| {r['impl']} | {fmt(r['fwd_ms'])} / {fmt(r['fwdbwd_ms'])} | {vs} | {floor} | {peak} |")
+        tables.append("")
+    return "\n".join(tables).rstrip()
 
 
 def decode_markdown(rows):
