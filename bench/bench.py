@@ -170,16 +170,23 @@ def timed_row(case, name, b, h, n, load, layout, args, ctx, **extra):
            "floor_fwdbwd_ms": FWDBWD_TENSORS * tensor_bytes / (ctx["copy_tbps"] * 1e9),
            "gpu": ctx["gpu"], "copy_tbps": ctx["copy_tbps"]}
     torch.manual_seed(0)
-    try:
-        measure_impl(row, load(), layout, args.quick)
-    except Exception as exc:
-        row["note"] = describe(exc)
-        print(f"  skipped {case} {name} at B{b} H{h} N{n}: {row['note']}", flush=True)
-    else:
-        print(f"  {case} {name:18s} B{b} H{h} N{n}: fwd {row['fwd_ms']:.3f} ms, "
-              f"fwd+bwd {row['fwdbwd_ms']:.3f} ms, peak {row['peak_mib']:.0f} MiB", flush=True)
+    measured(row, f"{case} {name} at B{b} H{h} N{n}", lambda: measure_impl(row, load(), layout, args.quick),
+             lambda: f"{case} {name:18s} B{b} H{h} N{n}: fwd {row['fwd_ms']:.3f} ms, "
+                     f"fwd+bwd {row['fwdbwd_ms']:.3f} ms, peak {row['peak_mib']:.0f} MiB")
     torch.cuda.empty_cache()  # the failed or finished impl's tensors are gone now
     return row
+
+
+def measured(row, what, measure, summary):
+    """Runs measure(), which fills row; an anchor that raises gets a note in row
+    instead and does not end the run. Prints summary() or the note."""
+    try:
+        measure()
+    except Exception as exc:
+        row["note"] = describe(exc)
+        print(f"  skipped {what}: {row['note']}", flush=True)
+    else:
+        print(f"  {summary()}", flush=True)
 
 
 def dense_causal_rows(args, ctx):
@@ -256,16 +263,15 @@ def decode_rows(args, ctx):
                 continue
             row = {"case": "decode", "impl": name, "B": b, "H": h, "D": D, "E": E, "dtype": "bf16",
                    "state_bytes": state_bytes, "ms": None, "gpu": ctx["gpu"], "copy_tbps": ctx["copy_tbps"]}
-            try:
+
+            def measure():
                 row["ms"] = time_ms(load(), args.quick)
                 row["state_tbps"] = state_bytes / (row["ms"] * 1e-3) / 1e12
                 row["fraction_of_copy"] = row["state_tbps"] / ctx["copy_tbps"]
-            except Exception as exc:
-                row["note"] = describe(exc)
-                print(f"  skipped decode {name} B{b} H{h}: {row['note']}", flush=True)
-            else:
-                print(f"  decode {name:20s} B{b} H{h}: {row['ms'] * 1e3:.1f} us, {row['state_tbps']:.2f} TB/s "
-                      f"({100 * row['fraction_of_copy']:.0f}% of copy)", flush=True)
+
+            measured(row, f"decode {name} B{b} H{h}", measure,
+                     lambda: f"decode {name:20s} B{b} H{h}: {row['ms'] * 1e3:.1f} us, {row['state_tbps']:.2f} TB/s "
+                             f"({100 * row['fraction_of_copy']:.0f}% of copy)")
             rows.append(row)
     return rows
 
