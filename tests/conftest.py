@@ -3,7 +3,19 @@ import zlib
 import pytest
 import torch
 
+from lightning_attn2_cuda import build_slopes
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# Relative L2 error bounds, ||x - ref|| / ||ref|| against float64, per input dtype:
+# fp32 inputs run in fp32 (SIMT) and must be fp32-accurate; fp16/bf16 run on tensor
+# cores with fp32 accumulation and an fp32 state.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
+# Per-head decay rates of H heads: none, ALiBi's, and strong (lambda = e^-10).
+DECAYS = {
+    "zero": lambda h: torch.zeros(h),
+    "alibi": lambda h: build_slopes(h),
+    "strong": lambda h: torch.full((h,), 10.0),
+}
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from conftest import relative_l2, requires_cuda
+from conftest import TOLERANCE, relative_l2, requires_cuda
 from lightning_attn2_cuda import build_slopes, lightning_attn
 
 pytestmark = [
@@ -19,7 +19,6 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("LA2_EXTREME") != "1", reason="set LA2_EXTREME=1 (about 40 GB of GPU memory)"),
 ]
 
-TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 8e-3}
 CHUNK = 1 << 16
 
 

@@ -2,7 +2,7 @@
 layout and the slope gradient, against float64 autograd of the reference forms.
 
 Every case runs on the CPU path (float32, what CI checks) and on CUDA in each
-dtype, with the relative L2 bounds of test_cuda.py. Losses include a random
+dtype, with the relative L2 bounds of conftest.TOLERANCE. Losses include a random
 gradient for the final state, so gradients flowing in through it are checked.
 
 The slope gradient of a head is one sum over all its tokens, and such a sum can
@@ -14,19 +14,13 @@ bound would be (slope_error).
 import pytest
 import torch
 
-from conftest import relative_l2, requires_cuda
-from lightning_attn2_cuda import build_slopes, lightning_attn, lightning_attn_decode, reference
+from conftest import DECAYS, TOLERANCE, relative_l2, requires_cuda
+from lightning_attn2_cuda import lightning_attn, lightning_attn_decode, reference
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
 DEVICES_AND_DTYPES = [("cpu", torch.float32)] + [
     pytest.param("cuda", dtype, marks=requires_cuda) for dtype in (torch.float32, torch.float16, torch.bfloat16)
 ]
 IDS = ["cpu-float32", "cuda-float32", "cuda-float16", "cuda-bfloat16"]
-DECAYS = {
-    "zero": lambda h: torch.zeros(h),
-    "alibi": lambda h: build_slopes(h),
-    "strong": lambda h: torch.full((h,), 10.0),
-}
 # (batch, heads, sequence lengths or None, seqlen, D, E): equal-length batches and
 # packed ones, short enough to run in one CTA per sequence and long enough with few
 # heads to be cut into chunks (state, prefix and output passes).
