@@ -43,7 +43,7 @@ size_t aligned(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspace
 int padded_head_dim(int dim) { return dim <= 32 ? 32 : dim <= 64 ? 64 : dim <= 128 ? 128 : 256; }
 
 // Chunks are cut when the launch would leave SMs idle, so as to give every SM two CTAs.
-// `parallel`: CTAs per chunk row (problems x heads x v slices, and x batch for
+// per_chunk_row: CTAs per chunk row (problems x heads x v slices; x batch for
 // equal-length sequences).
 SweepPlan plan_with_tiles(const LinearAttnParams& p, TileConfig tiles, int num_problems, int num_sms) {
     SweepPlan plan{};
