@@ -264,6 +264,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("dk"), py::arg("dv"), py::arg("initial_state"), py::arg("d_final_state"), py::arg("g0"),
           py::arg("dq_decay"), py::arg("final_decay"), py::arg("derivative_scale"), py::arg("cu_seqlens"));
     m.def("_set_poison_workspace", [](bool on) { poison_workspace = on; }, "tests: fill scratch with NaN");
+    m.def("_set_relay_segment_cap", &la2::set_relay_segment_cap, "tests: cut chunks between CTAs (0: off)");
     m.def("decode", &decode, "one decode step: o, and state_cache updated in place", py::arg("q"), py::arg("k"),
           py::arg("v"), py::arg("slope"), py::arg("scale"), py::arg("state_cache"), py::arg("state_indices"),
           py::arg("o"));

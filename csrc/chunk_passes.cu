@@ -16,25 +16,25 @@ constexpr int kPrefixThreads = 256;
 // `total` gets the reduction of all. Every thread calls it. Warp shuffles, then one
 // warp over the warps' totals: three barriers (the pass is on every packed call's
 // critical path).
-template <typename Op>
-__device__ int block_exclusive_scan(int x, int zero, Op op, int* total) {
+template <typename V, typename Op>
+__device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
     static_assert(kPackThreads == 32 * 32, "one warp scans the warps' totals");
-    __shared__ int warp_totals[32];
+    __shared__ V warp_totals[32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    auto warp_inclusive_scan = [&](int value) {
+    auto warp_inclusive_scan = [&](V value) {
         for (int offset = 1; offset < 32; offset *= 2) {
-            const int other = __shfl_up_sync(0xffffffffu, value, offset);
+            const V other = __shfl_up_sync(0xffffffffu, value, offset);
             if (lane >= offset) value = op(value, other);
         }
         return value;
     };
-    const int inclusive = warp_inclusive_scan(x);
+    const V inclusive = warp_inclusive_scan(x);
     if (lane == 31) warp_totals[warp] = inclusive;
     __syncthreads();
     if (warp == 0) warp_totals[lane] = warp_inclusive_scan(warp_totals[lane]);
     __syncthreads();
-    const int before_lane = __shfl_up_sync(0xffffffffu, inclusive, 1);
-    const int exclusive = op(warp > 0 ? warp_totals[warp - 1] : zero, lane > 0 ? before_lane : zero);
+    const V before_lane = __shfl_up_sync(0xffffffffu, inclusive, 1);
+    const V exclusive = op(warp > 0 ? warp_totals[warp - 1] : zero, lane > 0 ? before_lane : zero);
     *total = warp_totals[31];
     __syncthreads();  // warp_totals is reused by the next call
     return exclusive;
@@ -43,10 +43,8 @@ __device__ int block_exclusive_scan(int x, int zero, Op op, int* total) {
 // One CTA per packed problem (blockIdx.y). seq_start is cu_seqlens clamped to
 // [0, seqlen] and made non-decreasing (a no-op for valid input, which the Python
 // side checks; invalid input then cannot send the sweep out of bounds).
-// seq_order ranks the sequences longest first (up to kPackThreads of them, else in
-// their own order): the sweep's CTAs start in rank order, and starting the longest
-// first keeps a long sequence from running alone at the end (LPT scheduling).
-// chunk_start is the exclusive sum of the chunk counts in rank order.
+// chunk_start and relay_start are the exclusive sums of the sequences' chunk
+// counts and relay costs; longest_chunk the largest cost of one chunk.
 __global__ void __launch_bounds__(kPackThreads) pack_sequences_kernel(const __grid_constant__ LinearAttnBatch batch) {
     const LinearAttnParams& p = batch.problems[blockIdx.y];
     const ChunkPlan& plan = batch.chunks[blockIdx.y];
@@ -60,63 +58,53 @@ __global__ void __launch_bounds__(kPackThreads) pack_sequences_kernel(const __gr
                                              : static_cast<const int32_t*>(p.cu_seqlens)[n];
         return int(x < 0 ? 0 : x > p.seqlen ? p.seqlen : x);
     };
+    auto max_op = [](auto a, auto b) { return max(a, b); };
+    auto sum_op = [](auto a, auto b) { return a + b; };
 
     // seq_start: a running maximum over the entries.
     int local_max = 0, unused = 0;
     for (int n = begin; n < end; ++n) local_max = max(local_max, clamped_cu(n));
-    int running = block_exclusive_scan(local_max, 0, [](int a, int b) { return max(a, b); }, &unused);
+    int running = block_exclusive_scan(local_max, 0, max_op, &unused);
     for (int n = begin; n < end; ++n) {
         running = max(running, clamped_cu(n));
         plan.seq_start[n] = running;
     }
     __syncthreads();  // seq_start[n + 1] may be another thread's
 
-    // seq_order: a bitonic sort of (length, -index), descending, one key per thread.
-    auto length_of = [&](int n) { return plan.seq_start[n + 1] - plan.seq_start[n]; };
+    // Per sequence: chunks (at least one), relay cost max(1, blocks), and the cost
+    // of its longest chunk.
     const int seq_end = min(end, p.num_seqs);
-    if (p.num_seqs <= kPackThreads) {
-        __shared__ uint64_t keys[kPackThreads];
-        const int i = threadIdx.x;
-        // Padding (key 0) sorts after every sequence, even one of no tokens.
-        keys[i] = i < p.num_seqs ? (uint64_t(length_of(i)) << 32) | (0xffffffffu - uint32_t(i)) : 0;
-        __syncthreads();
-        int sort_size = 1;  // the network spans the sequences, not all threads
-        while (sort_size < p.num_seqs) sort_size *= 2;
-        for (int size = 2; size <= sort_size; size *= 2) {
-            for (int stride = size / 2; stride > 0; stride /= 2) {
-                const int partner = i ^ stride;
-                if (partner > i) {
-                    const uint64_t a = keys[i], b = keys[partner];
-                    if ((a < b) == ((i & size) == 0)) {
-                        keys[i] = b;
-                        keys[partner] = a;
-                    }
-                }
-                __syncthreads();
-            }
-        }
-        if (i < p.num_seqs) plan.seq_order[i] = int(0xffffffffu - uint32_t(keys[i] & 0xffffffffu));
-    } else {
-        for (int n = begin; n < seq_end; ++n) plan.seq_order[n] = n;
-    }
-    __syncthreads();  // seq_order[rank] may be another thread's
-
-    // chunk_start, over ranks: every sequence has at least one chunk.
-    const int chunk_tokens = plan.chunk_blocks * kSweepBlockN;
-    auto chunks_of_rank = [&](int rank) {
-        return max(1, (length_of(plan.seq_order[rank]) + chunk_tokens - 1) / chunk_tokens);
+    auto blocks_of_seq = [&](int n) {
+        return (plan.seq_start[n + 1] - plan.seq_start[n] + kSweepBlockN - 1) / kSweepBlockN;
     };
-    int local_sum = 0, total = 0;
-    for (int rank = begin; rank < seq_end; ++rank) local_sum += chunks_of_rank(rank);
-    int first = block_exclusive_scan(local_sum, 0, [](int a, int b) { return a + b; }, &total);
-    for (int rank = begin; rank < seq_end; ++rank) {
-        plan.chunk_start[rank] = first;
-        first += chunks_of_rank(rank);
+    int64_t local_chunks = 0, local_cost = 0;
+    int local_longest = 1;
+    for (int n = begin; n < seq_end; ++n) {
+        const int blocks = blocks_of_seq(n);
+        local_chunks += max(1, (blocks + plan.chunk_blocks - 1) / plan.chunk_blocks);
+        local_cost += max(1, blocks);
+        local_longest = max(local_longest, min(blocks, plan.chunk_blocks));
     }
-    if (threadIdx.x == 0) plan.chunk_start[p.num_seqs] = total;
+    int64_t total_chunks = 0, total_cost = 0;
+    int64_t chunk_first = block_exclusive_scan(local_chunks, int64_t(0), sum_op, &total_chunks);
+    int64_t cost_first = block_exclusive_scan(local_cost, int64_t(0), sum_op, &total_cost);
+    int longest = 1;
+    block_exclusive_scan(local_longest, 1, max_op, &longest);
+    for (int n = begin; n < seq_end; ++n) {
+        const int blocks = blocks_of_seq(n);
+        plan.chunk_start[n] = chunk_first;
+        plan.relay_start[n] = cost_first;
+        chunk_first += max(1, (blocks + plan.chunk_blocks - 1) / plan.chunk_blocks);
+        cost_first += max(1, blocks);
+    }
+    if (threadIdx.x == 0) {
+        plan.chunk_start[p.num_seqs] = total_chunks;
+        plan.relay_start[p.num_seqs] = total_cost;
+        *plan.longest_chunk = longest;
+    }
 }
 
-// One CTA per (sequence rank, head, v slice) of each chunked problem: turns the chunk
+// One CTA per (sequence, head, v slice) of each chunked problem: turns the chunk
 // states X_c (chunk c's keys and values from a zero state) into the states
 // entering chunks 1, 2, ...:  E_1 = X_0,  E_{c+1} = lambda^L E_c + X_c,  in place.
 __global__ void __launch_bounds__(kPrefixThreads)
@@ -125,17 +113,16 @@ __global__ void __launch_bounds__(kPrefixThreads)
     const ChunkPlan& plan = batch.chunks[blockIdx.y];
     const int v_tile = blockIdx.x % v_tiles_per_head;
     const int h = (blockIdx.x / v_tiles_per_head) % heads;
-    const int rank = blockIdx.x / v_tiles_per_head / heads;
-    if (!plan.chunked || rank >= p.num_seqs || h >= p.heads || v_tile >= batch.v_tiles[blockIdx.y]) return;
-    const int num_chunks = p.cu_seqlens == nullptr ? plan.chunks_per_seq
-                                                   : plan.chunk_start[rank + 1] - plan.chunk_start[rank];
+    const int n = blockIdx.x / v_tiles_per_head / heads;
+    if (!plan.chunked || n >= p.num_seqs || h >= p.heads || v_tile >= batch.v_tiles[blockIdx.y]) return;
+    const int num_chunks = sequence_chunk(p, plan, n, 0).num_chunks;
     if (num_chunks <= 1) return;
     const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
     const float chunk_decay = float(exp(-slope * double(plan.chunk_blocks) * kSweepBlockN));
     auto slab = [&](int c) {
         return reinterpret_cast<float4*>(
             plan.chunk_states +
-            ((chunk_slot(p, plan, rank, c) * p.heads + h) * batch.v_tiles[blockIdx.y] + v_tile) * batch.state_elems);
+            ((chunk_slot(p, plan, n, c) * p.heads + h) * batch.v_tiles[blockIdx.y] + v_tile) * batch.state_elems);
     };
     for (int i = threadIdx.x; i < batch.state_elems / 4; i += kPrefixThreads) {
         float4 entering = slab(0)[i];

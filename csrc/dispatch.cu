@@ -17,6 +17,8 @@ namespace {
 constexpr int kMinChunkBlocks = 16;
 constexpr size_t kWorkspaceAlign = 256;
 
+int relay_segment_cap = 0;  // set_relay_segment_cap
+
 struct TileConfig {
     int head_dim_qk;  // dim_qk padded up to a compiled size
     int tile_v;       // v columns per CTA
@@ -32,9 +34,9 @@ struct SweepPlan {
     int v_tiles;  // column slices of dim_v
     int chunk_blocks;
     int chunks_per_seq;  // equal-length batches
-    int max_chunks;
+    int64_t state_chunks;
     bool chunked;
-    size_t pack_bytes;   // seq_start and chunk_start of packed sequences
+    size_t pack_bytes;   // seq_start, chunk_start, relay_start and longest_chunk of packed sequences
     size_t state_bytes;  // chunk states
 };
 
@@ -42,44 +44,136 @@ size_t aligned(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspace
 
 int padded_head_dim(int dim) { return dim <= 32 ? 32 : dim <= 64 ? 64 : dim <= 128 ? 128 : 256; }
 
-// Chunks are cut when the launch would leave SMs idle, so as to give every SM two CTAs.
-// per_chunk_row: CTAs per chunk row (problems x heads x v slices; x batch for
-// equal-length sequences).
-SweepPlan plan_with_tiles(const LinearAttnParams& p, TileConfig tiles, int num_problems, int num_sms) {
+// A compiled sweep, as a type: SweepTiles<T, 128, 64, false>.
+template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
+struct SweepTiles {};
+
+// Calls f(SweepTiles<...>{}) for the instantiation of (dtype, tiles); the one place
+// that maps a tile configuration to a compiled kernel.
+template <typename T, typename F>
+cudaError_t visit_tiles(TileConfig tiles, F&& f) {
+    if (tiles.decay_derivative) {
+        switch (tiles.head_dim_qk) {
+            case 32: return f(SweepTiles<T, 32, 32, true>{});
+            case 64: return f(SweepTiles<T, 64, 32, true>{});
+            case 128: return f(SweepTiles<T, 128, 32, true>{});
+            default: return f(SweepTiles<T, 256, 32, true>{});
+        }
+    }
+    if constexpr (std::is_same_v<T, float>) {
+        switch (tiles.head_dim_qk) {
+            case 32: return f(SweepTiles<T, 32, 32, false>{});
+            case 64: return f(SweepTiles<T, 64, 32, false>{});
+            case 128: return f(SweepTiles<T, 128, 32, false>{});
+            default: return f(SweepTiles<T, 256, 32, false>{});
+        }
+    } else {
+        const bool wide = tiles.tile_v == 64;
+        switch (tiles.head_dim_qk) {
+            case 32: return wide ? f(SweepTiles<T, 32, 64, false>{}) : f(SweepTiles<T, 32, 32, false>{});
+            case 64: return wide ? f(SweepTiles<T, 64, 64, false>{}) : f(SweepTiles<T, 64, 32, false>{});
+            case 128: return wide ? f(SweepTiles<T, 128, 64, false>{}) : f(SweepTiles<T, 128, 32, false>{});
+            default: return f(SweepTiles<T, 256, 32, false>{});
+        }
+    }
+}
+
+template <typename F>
+cudaError_t visit_sweep(DType dtype, TileConfig tiles, F&& f) {
+    switch (dtype) {
+        case DType::kFloat16: return visit_tiles<__half>(tiles, f);
+        case DType::kBFloat16: return visit_tiles<__nv_bfloat16>(tiles, f);
+        default: return visit_tiles<float>(tiles, f);
+    }
+}
+
+template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
+cudaError_t launch(SweepTiles<T, kHeadDimQK, kTileV, kDecayDerivative>, const LinearAttnBatch& batch, SweepPass pass,
+                   cudaStream_t stream) {
+    return launch_linear_attn_sweep<T, kHeadDimQK, kTileV, kDecayDerivative>(batch, pass, stream);
+}
+
+// Asked once per process and instantiation: every GPU of a process is taken to
+// have the first one's occupancy (only the speed depends on it, never the result).
+template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
+int ctas_per_sm(SweepTiles<T, kHeadDimQK, kTileV, kDecayDerivative>) {
+    static const int ctas = std::max(1, linear_attn_sweep_ctas_per_sm<T, kHeadDimQK, kTileV, kDecayDerivative>());
+    return ctas;
+}
+
+// CTAs of the sweep with these tiles that the GPU runs at once.
+int sweep_slots(DType dtype, TileConfig tiles, int num_sms) {
+    int per_sm = 1;
+    visit_sweep(dtype, tiles, [&](auto kernel) {
+        per_sm = ctas_per_sm(kernel);
+        return cudaSuccess;
+    });
+    return per_sm * num_sms;
+}
+
+// Block-times of the sweep per slot when each of `jobs` jobs (CTAs of one chunk
+// row) of `blocks` blocks is cut into `chunks` chunks: the relay's output pass (its work
+// spread over the slots, but no shorter than one chunk) plus, when cut, the state
+// pass over all chunks but the last, at kStatePassCost of an output block each.
+double sweep_estimate(int64_t jobs, int64_t blocks, int64_t chunks, int64_t slots) {
+    // A state-pass block does one of the output block's three tile products and loads
+    // two of its three tiles; measured on the H200 it takes about half the time.
+    constexpr double kStatePassCost = 0.5;
+    const double chunk = double((blocks + chunks - 1) / chunks);
+    const double output = std::max(double(jobs) * double(blocks) / double(slots), chunk);
+    if (chunks == 1) return output;
+    const double state = std::max(double(jobs) * double(chunks - 1) * chunk / double(slots), chunk);
+    return output + kStatePassCost * state;
+}
+
+// Sequences are cut into chunks only where the output pass alone would leave slots
+// idle: fewer jobs than slots. per_chunk_row: CTAs per chunk row (problems x heads
+// x v slices; x batch for equal-length sequences).
+SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig tiles, int num_problems, int num_sms) {
     SweepPlan plan{};
     plan.tiles = tiles;
     plan.v_tiles = (p.dim_v + tiles.tile_v - 1) / tiles.tile_v;
+    const int64_t slots = sweep_slots(dtype, tiles, num_sms);
     const int64_t per_chunk_row = int64_t(num_problems) * p.heads * plan.v_tiles;
-    const int64_t wanted_rows = (2 * int64_t(num_sms) + per_chunk_row - 1) / per_chunk_row;
-    int64_t slots = 0;  // chunk states: chunks that are not last in their sequence
+    const int64_t wanted_rows = (slots + per_chunk_row - 1) / per_chunk_row;
     // The derivative sweep has no chunk passes: one CTA walks each whole sequence.
     const bool may_chunk = !p.decay_derivative;
     if (p.cu_seqlens == nullptr) {
+        // Up to wanted_rows chunk rows, which fill every slot; as many as the
+        // estimate finds fastest.
         const int num_blocks = (p.seqlen + kSweepBlockN - 1) / kSweepBlockN;
-        const int64_t ctas = per_chunk_row * p.batch;
-        const int64_t wanted = ctas >= num_sms || !may_chunk ? 1 : (wanted_rows + p.batch - 1) / p.batch;
-        int num_chunks = int(std::max<int64_t>(1, std::min<int64_t>(wanted, num_blocks / kMinChunkBlocks)));
-        plan.chunk_blocks = std::max(1, (num_blocks + num_chunks - 1) / num_chunks);
+        const int64_t jobs = per_chunk_row * p.batch;
+        const int64_t most = may_chunk ? std::min<int64_t>((wanted_rows + p.batch - 1) / p.batch,
+                                                           std::max(1, num_blocks / kMinChunkBlocks))
+                                       : 1;
+        int64_t num_chunks = 1;
+        for (int64_t c = 2; c <= most; ++c)
+            if (sweep_estimate(jobs, num_blocks, c, slots) < sweep_estimate(jobs, num_blocks, num_chunks, slots))
+                num_chunks = c;
+        plan.chunk_blocks = std::max(1, int((num_blocks + num_chunks - 1) / num_chunks));
         plan.chunks_per_seq = std::max(1, (num_blocks + plan.chunk_blocks - 1) / plan.chunk_blocks);
-        plan.max_chunks = p.batch * plan.chunks_per_seq;
-        plan.chunked = plan.chunks_per_seq > 1;
-        slots = int64_t(p.batch) * (plan.chunks_per_seq - 1);
+        plan.state_chunks = int64_t(p.batch) * (plan.chunks_per_seq - 1);
     } else {
         // The lengths live on the device: size chunks for the whole token count, so
         // that a sequence much longer than the rest is cut rather than left running
         // alone. Sequence n has max(1, ceil(len_n / L)) chunks, L = chunk_blocks *
-        // kBlockN tokens: at most seqlen / L + num_seqs in all, seqlen / L not last.
-        const int64_t blocks = (int64_t(p.seqlen) + kSweepBlockN - 1) / kSweepBlockN + p.num_seqs;
-        plan.chunk_blocks = int(may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows)
-                                          : blocks);
-        const int64_t chunk_tokens = int64_t(plan.chunk_blocks) * kSweepBlockN;
-        slots = p.seqlen / chunk_tokens;
+        // kBlockN tokens: at most seqlen / L of them not last.
+        const int64_t seq_blocks = (int64_t(p.seqlen) + kSweepBlockN - 1) / kSweepBlockN;
+        const int64_t blocks = seq_blocks + p.num_seqs;
+        const int64_t chunk_blocks =
+            may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows) : blocks;
+        // No sequence is longer than seqlen, so seq_blocks + 1 blocks cut none, as does
+        // any longer chunk; the cap keeps chunk_blocks * kBlockN within an int however
+        // many sequences there are.
+        plan.chunk_blocks = int(std::min(chunk_blocks, seq_blocks + 1));
         plan.chunks_per_seq = 0;
-        plan.max_chunks = int(p.num_seqs + slots);
-        plan.chunked = slots > 0;
-        plan.pack_bytes = aligned(3 * (size_t(p.num_seqs) + 1) * sizeof(int));
+        plan.state_chunks = p.seqlen / (int64_t(plan.chunk_blocks) * kSweepBlockN);
+        const size_t entries = size_t(p.num_seqs) + 1;
+        plan.pack_bytes = aligned(entries * sizeof(int)) + 2 * aligned(entries * sizeof(int64_t)) + aligned(sizeof(int));
     }
-    plan.state_bytes = aligned(size_t(slots) * p.heads * plan.v_tiles * tiles.head_dim_qk * tiles.tile_v * sizeof(float));
+    plan.chunked = plan.state_chunks > 0;
+    plan.state_bytes = aligned(size_t(plan.state_chunks) * p.heads * plan.v_tiles * tiles.head_dim_qk * tiles.tile_v *
+                               sizeof(float));
     return plan;
 }
 
@@ -90,57 +184,39 @@ SweepPlan plan_sweep(const LinearAttnParams& p, DType dtype, int num_problems, i
     // So does head dim 256: a 256 x 64 fp32 state is 128 registers per thread, and
     // the derivative sweep, which keeps two states.
     if (dtype == DType::kFloat32 || head_dim_qk == 256 || p.dim_v <= 32 || p.decay_derivative) {
-        return plan_with_tiles(p, {head_dim_qk, 32, p.decay_derivative}, num_problems, num_sms);
+        return plan_with_tiles(p, dtype, {head_dim_qk, 32, p.decay_derivative}, num_problems, num_sms);
     }
     // 64 columns halve the recomputation of Q K^T across slices. When even cut into
     // chunks that leaves SMs idle (short sequences, few heads), twice the CTAs at 32
     // columns finish sooner.
-    const SweepPlan wide = plan_with_tiles(p, {head_dim_qk, 64, false}, num_problems, num_sms);
-    if (int64_t(num_problems) * p.heads * wide.v_tiles * wide.max_chunks >= num_sms) return wide;
-    return plan_with_tiles(p, {head_dim_qk, 32, false}, num_problems, num_sms);
+    const SweepPlan wide = plan_with_tiles(p, dtype, {head_dim_qk, 64, false}, num_problems, num_sms);
+    const int64_t chunk_rows = p.cu_seqlens == nullptr ? int64_t(p.batch) * wide.chunks_per_seq
+                                                       : wide.state_chunks + p.num_seqs;
+    if (int64_t(num_problems) * p.heads * wide.v_tiles * chunk_rows >= num_sms) return wide;
+    return plan_with_tiles(p, dtype, {head_dim_qk, 32, false}, num_problems, num_sms);
 }
 
-template <typename T>
-cudaError_t launch_tiles(TileConfig tiles, const LinearAttnBatch& batch, SweepPass pass, cudaStream_t stream) {
-    if (tiles.decay_derivative) {
-        switch (tiles.head_dim_qk) {
-            case 32: return launch_linear_attn_sweep<T, 32, 32, true>(batch, pass, stream);
-            case 64: return launch_linear_attn_sweep<T, 64, 32, true>(batch, pass, stream);
-            case 128: return launch_linear_attn_sweep<T, 128, 32, true>(batch, pass, stream);
-            default: return launch_linear_attn_sweep<T, 256, 32, true>(batch, pass, stream);
-        }
-    }
-    if constexpr (std::is_same_v<T, float>) {
-        switch (tiles.head_dim_qk) {
-            case 32: return launch_linear_attn_sweep<T, 32, 32, false>(batch, pass, stream);
-            case 64: return launch_linear_attn_sweep<T, 64, 32, false>(batch, pass, stream);
-            case 128: return launch_linear_attn_sweep<T, 128, 32, false>(batch, pass, stream);
-            default: return launch_linear_attn_sweep<T, 256, 32, false>(batch, pass, stream);
-        }
-    } else {
-        const bool wide = tiles.tile_v == 64;
-        switch (tiles.head_dim_qk) {
-            case 32: return wide ? launch_linear_attn_sweep<T, 32, 64, false>(batch, pass, stream)
-                                 : launch_linear_attn_sweep<T, 32, 32, false>(batch, pass, stream);
-            case 64: return wide ? launch_linear_attn_sweep<T, 64, 64, false>(batch, pass, stream)
-                                 : launch_linear_attn_sweep<T, 64, 32, false>(batch, pass, stream);
-            case 128: return wide ? launch_linear_attn_sweep<T, 128, 64, false>(batch, pass, stream)
-                                  : launch_linear_attn_sweep<T, 128, 32, false>(batch, pass, stream);
-            default: return launch_linear_attn_sweep<T, 256, 32, false>(batch, pass, stream);
-        }
-    }
-}
+// Problems with equal tiles share each launch (the state pass's blockIdx.y picks
+// the problem; the relay runs them on one line).
+struct LaunchGroup {
+    TileConfig tiles;
+    int members[kMaxProblems];
+    int num_members;
+    int v_tiles_per_head;
+    int relay_segments;
+    size_t relay_state_bytes;  // handoff_states
+    size_t relay_flag_bytes;   // handoff_ready and next_ticket, zeroed before the output pass
+};
 
-cudaError_t launch_sweep(DType dtype, TileConfig tiles, const LinearAttnBatch& batch, SweepPass pass,
-                         cudaStream_t stream) {
-    switch (dtype) {
-        case DType::kFloat16: return launch_tiles<__half>(tiles, batch, pass, stream);
-        case DType::kBFloat16: return launch_tiles<__nv_bfloat16>(tiles, batch, pass, stream);
-        default: return launch_tiles<float>(tiles, batch, pass, stream);
-    }
-}
+struct CallPlan {
+    SweepPlan sweeps[kMaxProblems];
+    LaunchGroup groups[kMaxProblems];
+    int num_groups;
+    size_t relay_bytes;  // one relay workspace, reused by the launches in turn
+    size_t workspace_bytes;
+};
 
-cudaError_t plan_all(const LinearAttnParams* problems, int num_problems, DType dtype, SweepPlan* plans) {
+cudaError_t plan_call(const LinearAttnParams* problems, int num_problems, DType dtype, CallPlan& call) {
     if (num_problems < 1 || num_problems > kMaxProblems) return cudaErrorInvalidValue;
     int device = 0, num_sms = 0;
     cudaError_t err = cudaGetDevice(&device);
@@ -148,66 +224,113 @@ cudaError_t plan_all(const LinearAttnParams* problems, int num_problems, DType d
     if (err != cudaSuccess) return err;
     // Plan as if all problems shared a launch, then again with the number that
     // actually share each one's tiles.
+    SweepPlan* plans = call.sweeps;
     for (int i = 0; i < num_problems; ++i) plans[i] = plan_sweep(problems[i], dtype, num_problems, num_sms);
     int sharing[kMaxProblems] = {};
     for (int i = 0; i < num_problems; ++i)
         for (int j = 0; j < num_problems; ++j) sharing[i] += plans[i].tiles == plans[j].tiles;
     for (int i = 0; i < num_problems; ++i) plans[i] = plan_sweep(problems[i], dtype, sharing[i], num_sms);
+
+    call.num_groups = 0;
+    call.relay_bytes = 0;
+    call.workspace_bytes = 0;
+    bool grouped[kMaxProblems] = {};
+    for (int i = 0; i < num_problems; ++i) {
+        call.workspace_bytes += plans[i].pack_bytes + plans[i].state_bytes;
+        if (grouped[i]) continue;
+        LaunchGroup& group = call.groups[call.num_groups++];
+        group = LaunchGroup{};
+        group.tiles = plans[i].tiles;
+        for (int j = i; j < num_problems; ++j) {
+            if (!grouped[j] && plans[j].tiles == group.tiles) {
+                group.members[group.num_members++] = j;
+                group.v_tiles_per_head = std::max(group.v_tiles_per_head, plans[j].v_tiles);
+                grouped[j] = true;
+            }
+        }
+        // One segment per slot group of v slices, all swept side by side.
+        const int slots = sweep_slots(dtype, group.tiles, num_sms);
+        group.relay_segments = std::max(1, slots / std::max(1, group.v_tiles_per_head));
+        if (relay_segment_cap > 0) group.relay_segments = std::min(group.relay_segments, relay_segment_cap);
+        const size_t handoffs = size_t(group.relay_segments) * group.v_tiles_per_head;
+        const size_t states = group.tiles.decay_derivative ? 2 : 1;
+        group.relay_state_bytes =
+            aligned(handoffs * states * group.tiles.head_dim_qk * group.tiles.tile_v * sizeof(float));
+        group.relay_flag_bytes = (handoffs + 1) * sizeof(int);
+        call.relay_bytes = std::max(call.relay_bytes, group.relay_state_bytes + aligned(group.relay_flag_bytes));
+    }
+    call.workspace_bytes += call.relay_bytes;
     return cudaSuccess;
 }
 
 }  // namespace
 
+void set_relay_segment_cap(int segments) { relay_segment_cap = segments; }
+
 size_t linear_attn_workspace_bytes(const LinearAttnParams* problems, int num_problems, DType dtype) {
-    SweepPlan plans[kMaxProblems];
-    if (plan_all(problems, num_problems, dtype, plans) != cudaSuccess) return 0;
-    size_t bytes = 0;
-    for (int i = 0; i < num_problems; ++i) bytes += plans[i].pack_bytes + plans[i].state_bytes;
-    return bytes;
+    CallPlan call;
+    if (plan_call(problems, num_problems, dtype, call) != cudaSuccess) return 0;
+    return call.workspace_bytes;
 }
 
 cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems, DType dtype, void* workspace,
                             cudaStream_t stream) {
-    SweepPlan plans[kMaxProblems];
-    cudaError_t err = plan_all(problems, num_problems, dtype, plans);
+    CallPlan call;
+    cudaError_t err = plan_call(problems, num_problems, dtype, call);
     if (err != cudaSuccess) return err;
 
     ChunkPlan chunks[kMaxProblems];
     char* free_workspace = static_cast<char*>(workspace);
     for (int i = 0; i < num_problems; ++i) {
-        const SweepPlan& plan = plans[i];
-        int* pack = reinterpret_cast<int*>(free_workspace);
+        const SweepPlan& plan = call.sweeps[i];
         const bool packed = problems[i].cu_seqlens != nullptr;
-        const int entries = problems[i].num_seqs + 1;
-        chunks[i] = {plan.chunk_blocks, plan.chunks_per_seq, plan.max_chunks, plan.chunked,
-                     packed ? pack : nullptr, packed ? pack + entries : nullptr, packed ? pack + 2 * entries : nullptr,
+        const size_t entries = size_t(problems[i].num_seqs) + 1;
+        char* pack = free_workspace;
+        char* chunk_start = pack + aligned(entries * sizeof(int));
+        char* relay_start = chunk_start + aligned(entries * sizeof(int64_t));
+        char* longest = relay_start + aligned(entries * sizeof(int64_t));
+        chunks[i] = {plan.chunk_blocks,
+                     plan.chunks_per_seq,
+                     plan.state_chunks,
+                     plan.chunked,
+                     packed ? reinterpret_cast<int*>(pack) : nullptr,
+                     packed ? reinterpret_cast<int64_t*>(chunk_start) : nullptr,
+                     packed ? reinterpret_cast<int64_t*>(relay_start) : nullptr,
+                     packed ? reinterpret_cast<int*>(longest) : nullptr,
                      reinterpret_cast<float*>(free_workspace + plan.pack_bytes)};
         free_workspace += plan.pack_bytes + plan.state_bytes;
     }
+    char* relay = free_workspace;
 
-    // Problems with equal tiles share each launch (blockIdx.y picks the problem).
-    bool launched[kMaxProblems] = {};
-    for (int i = 0; i < num_problems; ++i) {
-        if (launched[i]) continue;
+    for (int g = 0; g < call.num_groups; ++g) {
+        const LaunchGroup& group = call.groups[g];
         LinearAttnBatch batch{};
-        batch.state_elems = plans[i].tiles.head_dim_qk * plans[i].tiles.tile_v;
+        batch.state_elems = group.tiles.head_dim_qk * group.tiles.tile_v;
         bool any_packed = false, any_chunked = false;
-        for (int j = i; j < num_problems; ++j) {
-            if (!launched[j] && plans[j].tiles == plans[i].tiles) {
-                batch.problems[batch.num_problems] = problems[j];
-                batch.chunks[batch.num_problems] = chunks[j];
-                batch.v_tiles[batch.num_problems++] = plans[j].v_tiles;
-                any_packed |= problems[j].cu_seqlens != nullptr;
-                any_chunked |= chunks[j].chunked;
-                launched[j] = true;
-            }
+        for (int m = 0; m < group.num_members; ++m) {
+            const int j = group.members[m];
+            batch.problems[batch.num_problems] = problems[j];
+            batch.chunks[batch.num_problems] = chunks[j];
+            batch.v_tiles[batch.num_problems++] = call.sweeps[j].v_tiles;
+            any_packed |= problems[j].cu_seqlens != nullptr;
+            any_chunked |= chunks[j].chunked;
         }
+        int* flags = reinterpret_cast<int*>(relay + group.relay_state_bytes);
+        batch.relay = {reinterpret_cast<float*>(relay), flags, flags + group.relay_segments * group.v_tiles_per_head,
+                       group.relay_segments};
         if (any_packed && (err = launch_pack_sequences(batch, stream)) != cudaSuccess) return err;
         if (any_chunked) {
-            if ((err = launch_sweep(dtype, plans[i].tiles, batch, SweepPass::kState, stream)) != cudaSuccess) return err;
+            if ((err = visit_sweep(dtype, group.tiles, [&](auto kernel) {
+                     return launch(kernel, batch, SweepPass::kState, stream);
+                 })) != cudaSuccess)
+                return err;
             if ((err = launch_chunk_prefix(batch, stream)) != cudaSuccess) return err;
         }
-        if ((err = launch_sweep(dtype, plans[i].tiles, batch, SweepPass::kOutput, stream)) != cudaSuccess) return err;
+        if ((err = cudaMemsetAsync(flags, 0, group.relay_flag_bytes, stream)) != cudaSuccess) return err;
+        if ((err = visit_sweep(dtype, group.tiles, [&](auto kernel) {
+                 return launch(kernel, batch, SweepPass::kOutput, stream);
+             })) != cudaSuccess)
+            return err;
     }
     return cudaSuccess;
 }

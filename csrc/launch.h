@@ -19,29 +19,50 @@ namespace lightning_attn2 {
 //   prefix pass  per sequence, turns those into the states entering chunks 1, 2, ...
 //                (without the initial state, which the output pass adds);
 //   output pass  every chunk starts from its entering state and writes o.
+// The output pass runs every problem's chunks as one relay (see RelayWorkspace).
 struct ChunkPlan {
     int chunk_blocks;    // blocks of kBlockN tokens per chunk
     int chunks_per_seq;  // equal-length batches: chunks of every sequence
-    int max_chunks;      // grid rows: all chunks (a bound for packed sequences)
+    int64_t state_chunks;  // chunks that are not last in their sequence (a bound for packed sequences)
     bool chunked;        // some sequence may have more than one chunk
     // Packed sequences (cu_seqlens): filled on the device by the packing pass.
-    // Sequences are worked on in rank order, longest first (see pack_sequences_kernel).
-    int* seq_start;    // [num_seqs + 1] first token of sequence n, cu_seqlens made safe
-    int* seq_order;    // [num_seqs] the sequence of each rank
-    int* chunk_start;  // [num_seqs + 1] index of the first chunk of the sequence of each rank
+    int* seq_start;          // [num_seqs + 1] first token of sequence n, cu_seqlens made safe
+    int64_t* chunk_start;    // [num_seqs + 1] index of the first chunk of sequence n
+    int64_t* relay_start;    // [num_seqs + 1] relay cost of the sequences before n (see RelayWorkspace)
+    int* longest_chunk;      // [1] the largest relay cost of one chunk
     // [chunks that are not last in their sequence][heads][v tiles][state slab], fp32;
-    // the slot of chunk c of the sequence of rank r is chunk_start[r] - r + c
-    // (r = n for equal-length batches).
+    // the slot of chunk c of sequence n is chunk_start[n] - n + c
+    // (n * (chunks_per_seq - 1) + c for equal-length batches).
     float* chunk_states;
 };
 
-// The problems of one launch; blockIdx.y picks one.
+// The output pass is a relay of persistent CTAs. Its jobs, every (problem, head,
+// sequence, chunk) of the launch in that order, lie end to end on a line where a
+// chunk of b blocks costs max(1, b). The line is cut into `segments` equal
+// segments, at least as long as the longest chunk, and each segment is swept by
+// one CTA per v slice, front to back: the order of McNaughton's wrap-around rule,
+// so every segment ends at about the same time, whatever the sequence lengths.
+// A chunk cut by a segment boundary runs its first blocks at the start of the
+// later segment and its last blocks at the end of the earlier one (no later than
+// it is planned, as no chunk is longer than a segment); the state crosses over in
+// handoff_states. CTAs take segments in descending order from a ticket counter,
+// so a CTA waits only for one that started before it: no deadlock, however few
+// CTAs the GPU runs at once.
+struct RelayWorkspace {
+    float* handoff_states;  // [segments][v tiles][states x state slab], fp32
+    int* handoff_ready;     // [segments][v tiles] flags, zero before the launch
+    int* next_ticket;       // zero before the launch
+    int segments;
+};
+
+// The problems of one launch; the state pass picks one by blockIdx.y.
 struct LinearAttnBatch {
     LinearAttnParams problems[kMaxProblems];
     ChunkPlan chunks[kMaxProblems];
     int num_problems;
     int v_tiles[kMaxProblems];  // v column slices of each problem's heads
     int state_elems;            // floats in one state slab (padded dim_qk x tile_v)
+    RelayWorkspace relay;
 };
 
 enum class SweepPass { kState, kOutput };
@@ -49,7 +70,11 @@ enum class SweepPass { kState, kOutput };
 template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
 cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pass, cudaStream_t stream);
 
-// seq_start / chunk_start of every packed problem of the batch.
+// CTAs of that sweep that fit on one SM at once (0 on error).
+template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
+int linear_attn_sweep_ctas_per_sm();
+
+// seq_start, chunk_start, relay_start and longest_chunk of every packed problem of the batch.
 cudaError_t launch_pack_sequences(const LinearAttnBatch& batch, cudaStream_t stream);
 // The prefix pass over chunk_states.
 cudaError_t launch_chunk_prefix(const LinearAttnBatch& batch, cudaStream_t stream);

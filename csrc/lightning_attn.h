@@ -92,6 +92,10 @@ size_t linear_attn_workspace_bytes(const LinearAttnParams* problems, int num_pro
 cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems, DType dtype,
                             void* workspace, cudaStream_t stream);
 
+// Tests: at most this many relay segments in the output pass (0: as many as the GPU
+// runs CTAs at once), so that short inputs have their chunks cut between CTAs.
+void set_relay_segment_cap(int segments);
+
 // One decode step per sequence b (one new token), for serving:
 //   S = lambda S + k^T v,  o = scale q S,  S = state_cache[state_indices[b], h]
 // updated in place. state_indices == nullptr means row b; an index of -1 (or any

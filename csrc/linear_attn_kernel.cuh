@@ -1,6 +1,7 @@
-// The Lightning Attention-2 sweep: Algorithm 1 of Qin et al. (2024), one CTA per
-// (problem, batch x head, chunk of the sequence, slice of v columns), walking its
-// chunk block by block with the state KV in fp32 registers.
+// The Lightning Attention-2 sweep: Algorithm 1 of Qin et al. (2024). A CTA owns a
+// slice of v columns and walks runs of blocks of one (problem, sequence, head) with
+// the state KV in fp32 registers: one chunk in the state pass, the pieces of its
+// relay segment in the output pass (see ChunkPlan and RelayWorkspace in launch.h).
 //
 // The backward pass (Algorithm 2) runs this same sweep three times, as problems of
 // one launch (see backward in api.cpp):
@@ -10,6 +11,8 @@
 // The slope gradient takes a fourth, the dq sweep differentiated in the decay
 // (kDecayDerivative: a second state S' = -dS/dslope), in a launch of its own.
 #pragma once
+
+#include <algorithm>
 
 #include "kernel_traits.h"
 #include "launch.h"
@@ -62,28 +65,46 @@ __global__ void __launch_bounds__(Traits::kThreads)
     constexpr bool kDerivative = Traits::kDecayDerivative;
     const bool state_pass = pass == SweepPass::kState;
 
-    // ---- which problem, sequence, chunk, head and v columns this CTA owns
-    const LinearAttnParams& p = batch.problems[blockIdx.y];
-    const ChunkPlan& plan = batch.chunks[blockIdx.y];
-    const int v_tile = blockIdx.x % v_tiles_per_head;
-    const int h = (blockIdx.x / v_tiles_per_head) % heads;
-    const int v_col0 = v_tile * kTileV;
-    SequenceChunk work;
-    if (h >= p.heads || v_col0 >= p.dim_v || !locate_chunk(p, plan, blockIdx.x / v_tiles_per_head / heads, work))
-        return;
-    const int chunk = work.chunk;
-    const bool last_chunk = chunk == work.num_chunks - 1;
-    // The state pass has nothing to do for a sequence's last chunk: no chunk starts from its state.
-    if (state_pass && last_chunk) return;
-    const int num_blocks = (work.length + kBlockN - 1) / kBlockN;
-    const int first_block = chunk * plan.chunk_blocks;
-    const int end_block = min(first_block + plan.chunk_blocks, num_blocks);
-
+    // ---- the work of this CTA: one chunk (state pass), or a relay segment
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
     const int row0 = 16 * warp;  // this warp's query rows within a block
     const int state_row0 = (warp % Traits::kStateWarpsAlongD) * Traits::kStateRowsPerWarp;
     const int state_col0 = (warp / Traits::kStateWarpsAlongD) * Traits::kStateColsPerWarp;
+    // The piece in hand lives in shared memory, written by thread 0 between
+    // barriers: no register holds it across the sweep. Pieces of problems with
+    // fewer v slices than this CTA's are skipped.
+    __shared__ SweepPiece piece;
+    __shared__ RelaySegment segment;
+    __shared__ bool has_piece;
+    __shared__ int v_tile;
+    auto take_next_piece = [&]() {
+        bool found;
+        do found = segment.next(batch, piece);
+        while (found && v_tile >= batch.v_tiles[piece.problem]);
+        return found;
+    };
+    if (threadIdx.x == 0) {
+        if (state_pass) {
+            v_tile = blockIdx.x % v_tiles_per_head;
+            piece.problem = blockIdx.y;
+            piece.head = (blockIdx.x / v_tiles_per_head) % heads;
+            const LinearAttnParams& p = batch.problems[piece.problem];
+            const ChunkPlan& plan = batch.chunks[piece.problem];
+            has_piece = v_tile < batch.v_tiles[piece.problem] && piece.head < p.heads &&
+                        locate_state_chunk(p, plan, blockIdx.x / v_tiles_per_head / heads, piece.work);
+            piece.first_block = piece.work.chunk * plan.chunk_blocks;
+            piece.end_block = piece.first_block + plan.chunk_blocks;
+            piece.starts_chunk = true;
+            piece.handoff_to = -1;
+        } else {
+            const int ticket = atomicAdd(batch.relay.next_ticket, 1);
+            v_tile = ticket % v_tiles_per_head;
+            segment = RelaySegment::of(batch, batch.relay.segments - 1 - ticket / v_tiles_per_head);
+            has_piece = take_next_piece();
+        }
+    }
+    __syncthreads();
 
     extern __shared__ __align__(16) unsigned char smem[];
     T* sQ = reinterpret_cast<T*>(smem);              // [kStages][kBlockN][kLdQK]
@@ -93,243 +114,287 @@ __global__ void __launch_bounds__(Traits::kThreads)
     T* sStateDerivative = sState + Traits::kStateElems;  // [kHeadDimQK][kLdV] when kDerivative
     float* decay_pow = reinterpret_cast<float*>(sState + Traits::kStates * Traits::kStateElems);  // [kBlockN + 1]
 
-    // Token j of this sequence is at seq_ptr(x) + j * seq_step(x), in the sweep's
-    // direction of time.
-    const int64_t first_in_time = p.reversed ? work.first_token + work.length - 1 : work.first_token;
-    auto seq_ptr = [&](const StridedTensor& x) {
-        return static_cast<T*>(x.ptr) + work.batch * x.batch_stride + h * x.head_stride + first_in_time * x.seq_stride;
-    };
-    auto seq_step = [&](const StridedTensor& x) { return p.reversed ? -x.seq_stride : x.seq_stride; };
-    const T* q = seq_ptr(p.q);
-    const T* k = seq_ptr(p.k);
-    const T* v = seq_ptr(p.v) + v_col0;
-    T* o = seq_ptr(p.o) + v_col0;
-    const int64_t q_step = seq_step(p.q), k_step = seq_step(p.k), v_step = seq_step(p.v), o_step = seq_step(p.o);
-    const int v_cols = min(kTileV, p.dim_v - v_col0);
-    const bool vectorized = is_aligned16(q, q_step * int64_t(sizeof(T))) && is_aligned16(k, k_step * int64_t(sizeof(T))) &&
-                            is_aligned16(v, v_step * int64_t(sizeof(T)));
-    const bool paired_stores = (reinterpret_cast<uintptr_t>(o) % (2 * sizeof(T)) == 0) && (o_step % 2 == 0);
+    while (has_piece) {
+        const LinearAttnParams& p = batch.problems[piece.problem];
+        const ChunkPlan& plan = batch.chunks[piece.problem];
+        const int h = piece.head;
+        const int v_col0 = v_tile * kTileV;
+        const SequenceChunk& work = piece.work;
+        const int chunk = work.chunk;
+        const bool last_chunk = chunk == work.num_chunks - 1;
+        const int first_block = piece.first_block;
+        const int end_block = piece.end_block;
+        // Whether the state after the piece's last block is read: by the prefix pass,
+        // the next relay piece, or as the sequence's final state.
+        const bool keeps_state =
+            state_pass || piece.handoff_to >= 0 || (last_chunk && p.final_state.ptr != nullptr);
 
-    // Lambda, the decay matrix of Algorithm 1, as a table of powers lambda^i.
-    // Every decay factor is one of them (never lambda^-i, which overflows).
-    const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
-    for (int i = threadIdx.x; i <= kBlockN; i += kThreads) decay_pow[i] = float(exp(-slope * i));
-    const float derivative_scale = kDerivative ? p.derivative_scale[h] : 1.f;
+        // Token j of this sequence is at seq_ptr(x) + j * seq_step(x), in the sweep's
+        // direction of time.
+        const int64_t first_in_time = p.reversed ? work.first_token + work.length - 1 : work.first_token;
+        auto seq_ptr = [&](const StridedTensor& x) {
+            return static_cast<T*>(x.ptr) + work.batch * x.batch_stride + h * x.head_stride + first_in_time * x.seq_stride;
+        };
+        auto seq_step = [&](const StridedTensor& x) { return p.reversed ? -x.seq_stride : x.seq_stride; };
+        const T* q = seq_ptr(p.q);
+        const T* k = seq_ptr(p.k);
+        const T* v = seq_ptr(p.v) + v_col0;
+        T* o = seq_ptr(p.o) + v_col0;
+        const int64_t q_step = seq_step(p.q), k_step = seq_step(p.k), v_step = seq_step(p.v), o_step = seq_step(p.o);
+        const int v_cols = min(kTileV, p.dim_v - v_col0);
+        const bool vectorized = is_aligned16(q, q_step * int64_t(sizeof(T))) && is_aligned16(k, k_step * int64_t(sizeof(T))) &&
+                                is_aligned16(v, v_step * int64_t(sizeof(T)));
+        const bool paired_stores = (reinterpret_cast<uintptr_t>(o) % (2 * sizeof(T)) == 0) && (o_step % 2 == 0);
 
-    // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
-    // and a copy rounded to T in shared memory as the operand of Q_i KV.
-    // Element (r, c) of this thread's fragment [mt][nt][i] is state row
-    // state_row(mt, i), column state_col(nt, i) of the CTA's slice.
-    float state[kStateMT][kStateNT][4] = {};
-    // S' = -dS/dslope, for the derivative sweep only (a dummy otherwise).
-    float state_derivative[kDerivative ? kStateMT : 1][kDerivative ? kStateNT : 1][4] = {};
-    auto state_row = [&](int mt, int i) { return state_row0 + 16 * mt + g + 8 * (i / 2); };
-    auto for_each_state_element = [&](auto&& f) {
-#pragma unroll
-        for (int mt = 0; mt < kStateMT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < kStateNT; ++nt)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) f(mt, nt, i);
-    };
-    auto state_col = [&](int nt, int i) { return state_col0 + 8 * nt + 2 * t + i % 2; };
-    // A chunk's state slab in the workspace, in register-fragment order so that
-    // each thread reads back exactly what it wrote, coalesced.
-    auto chunk_state_slab = [&](int c) {
-        return plan.chunk_states +
-               ((chunk_slot(p, plan, work.rank, c) * p.heads + h) * batch.v_tiles[blockIdx.y] + v_tile) *
-                   (kHeadDimQK * kTileV);
-    };
-    auto slab_index = [&](int mt, int nt, int i) { return ((mt * kStateNT + nt) * 4 + i) * kThreads + threadIdx.x; };
-    // A float32 state tensor's element under fragment element [mt][nt][i], or
-    // nullptr past dim_qk x dim_v (the zero padding).
-    auto state_element = [&](const StateTensor& s, int mt, int nt, int i) -> float* {
-        const int r = state_row(mt, i), c = v_col0 + state_col(nt, i);
-        if (r >= p.dim_qk || c >= p.dim_v) return nullptr;
-        return s.ptr + work.seq * s.seq_stride + h * s.head_stride + r * s.row_stride + c * s.col_stride;
-    };
-    auto copy_state_to_smem = [&]() {
-#pragma unroll
-        for (int mt = 0; mt < kStateMT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < kStateNT; ++nt)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int offset = state_row(mt, 2 * half) * kLdV + state_col(nt, 0);
-                    store_pair(sState + offset, state[mt][nt][2 * half], state[mt][nt][2 * half + 1]);
-                    if constexpr (kDerivative)
-                        store_pair(sStateDerivative + offset, state_derivative[mt][nt][2 * half],
-                                   state_derivative[mt][nt][2 * half + 1]);
-                }
-    };
+        // Lambda, the decay matrix of Algorithm 1, as a table of powers lambda^i.
+        // Every decay factor is one of them (never lambda^-i, which overflows).
+        const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
+        for (int i = threadIdx.x; i <= kBlockN; i += kThreads) decay_pow[i] = float(exp(-slope * i));
+        const float derivative_scale = kDerivative ? p.derivative_scale[h] : 1.f;
 
-    // An initial state undecayed at the first step (see LinearAttnParams) enters one
-    // power of lambda later than S_{-1}.
-    const int initial_shift = p.initial_state_undecayed ? 1 : 0;
-    if (!state_pass) {
-        // The state entering this chunk: the chunk states of the prefix pass (earlier
-        // chunks, from zero) plus the initial state decayed over the chunks before,
-        // lambda^(c L - shift) S_{-1} with L tokens per chunk.
-        if (chunk > 0) {
-            const float* slab = chunk_state_slab(chunk - 1);
-            for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] = slab[slab_index(mt, nt, i)]; });
-        }
-        if (p.initial_state.ptr != nullptr) {
-            const int64_t decay_steps = int64_t(chunk) * plan.chunk_blocks * kBlockN - (chunk > 0 ? initial_shift : 0);
-            const float initial_decay = float(exp(-slope * double(decay_steps)));
+        // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
+        // and a copy rounded to T in shared memory as the operand of Q_i KV.
+        // Element (r, c) of this thread's fragment [mt][nt][i] is state row
+        // state_row(mt, i), column state_col(nt, i) of the CTA's slice.
+        float state[kStateMT][kStateNT][4] = {};
+        // S' = -dS/dslope, for the derivative sweep only (a dummy otherwise).
+        float state_derivative[kDerivative ? kStateMT : 1][kDerivative ? kStateNT : 1][4] = {};
+        auto state_row = [&](int mt, int i) { return state_row0 + 16 * mt + g + 8 * (i / 2); };
+        auto for_each_state_element = [&](auto&& f) {
+#pragma unroll
+            for (int mt = 0; mt < kStateMT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < kStateNT; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) f(mt, nt, i);
+        };
+        auto state_col = [&](int nt, int i) { return state_col0 + 8 * nt + 2 * t + i % 2; };
+        // A chunk's state slab in the workspace, in register-fragment order so that
+        // each thread reads back exactly what it wrote, coalesced.
+        auto chunk_state_slab = [&](int c) {
+            return plan.chunk_states +
+                   ((chunk_slot(p, plan, work.seq, c) * p.heads + h) * batch.v_tiles[piece.problem] + v_tile) *
+                       (kHeadDimQK * kTileV);
+        };
+        // The relay hand-off of segment `from`: the state, then (derivative sweep) S'.
+        auto handoff_slab = [&](int from) {
+            return batch.relay.handoff_states +
+                   (int64_t(from) * v_tiles_per_head + v_tile) * (Traits::kStates * kHeadDimQK * kTileV);
+        };
+        auto handoff_ready = [&](int from) { return batch.relay.handoff_ready + int64_t(from) * v_tiles_per_head + v_tile; };
+        auto slab_index = [&](int mt, int nt, int i) { return ((mt * kStateNT + nt) * 4 + i) * kThreads + threadIdx.x; };
+        // A float32 state tensor's element under fragment element [mt][nt][i], or
+        // nullptr past dim_qk x dim_v (the zero padding).
+        auto state_element = [&](const StateTensor& s, int mt, int nt, int i) -> float* {
+            const int r = state_row(mt, i), c = v_col0 + state_col(nt, i);
+            if (r >= p.dim_qk || c >= p.dim_v) return nullptr;
+            return s.ptr + work.seq * s.seq_stride + h * s.head_stride + r * s.row_stride + c * s.col_stride;
+        };
+        auto copy_state_to_smem = [&]() {
+#pragma unroll
+            for (int mt = 0; mt < kStateMT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < kStateNT; ++nt)
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const int offset = state_row(mt, 2 * half) * kLdV + state_col(nt, 0);
+                        store_pair(sState + offset, state[mt][nt][2 * half], state[mt][nt][2 * half + 1]);
+                        if constexpr (kDerivative)
+                            store_pair(sStateDerivative + offset, state_derivative[mt][nt][2 * half],
+                                       state_derivative[mt][nt][2 * half + 1]);
+                    }
+        };
+
+        // An initial state undecayed at the first step (see LinearAttnParams) enters one
+        // power of lambda later than S_{-1}.
+        const int initial_shift = p.initial_state_undecayed ? 1 : 0;
+        if (!piece.starts_chunk) {
+            // The state left by the chunk's previous piece, at the start of the next segment.
+            wait_for_handoff(handoff_ready(piece.handoff_from));
+            const float* slab = handoff_slab(piece.handoff_from);
+            constexpr int kSlab = kHeadDimQK * kTileV;
             for_each_state_element([&](int mt, int nt, int i) {
-                if (const float* x = state_element(p.initial_state, mt, nt, i)) state[mt][nt][i] += initial_decay * *x;
+                state[mt][nt][i] = __ldcg(slab + slab_index(mt, nt, i));
+                if constexpr (kDerivative) state_derivative[mt][nt][i] = __ldcg(slab + kSlab + slab_index(mt, nt, i));
             });
-        }
-        copy_state_to_smem();
-    }
-
-    // ---- Algorithm 1's steps for the block in shared memory
-    auto load_block = [&](int block, int stage) {
-        const int64_t first = int64_t(block) * kBlockN;
-        const int valid = min(kBlockN, work.length - block * kBlockN);
-        if (!state_pass) {
-            load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK, q + first * q_step,
-                                                     q_step, valid, p.dim_qk, vectorized);
-        }
-        load_tile<kBlockN, kHeadDimQK, kThreads>(sK + stage * Traits::kQKTileElems, kLdQK, k + first * k_step, k_step,
-                                                 valid, p.dim_qk, vectorized);
-        load_tile<kBlockN, kTileV, kThreads>(sV + stage * Traits::kVTileElems, kLdV, v + first * v_step, v_step, valid,
-                                             v_cols, vectorized);
-        cp_async_commit();
-    };
-
-    // O_i = Lambda Q_i KV + kv_scale [(Q_i K_i^T) . M] V_i for this warp's 16 rows,
-    // where KV is the state after block i-1, row t of Lambda is lambda^(t+1-shift)
-    // (shift 1 only for an undecayed initial state, see LinearAttnParams), and
-    // M[t][s] = lambda^(t-s) for s <= t, else 0.
-    // The derivative sweep differentiates each factor in -slope (distances in units of
-    // 1 / derivative_scale): Lambda Q_i KV becomes lambda^(t+1) ((t+1) Q_i KV + Q_i KV'),
-    // and M[t][s] becomes (t-s) lambda^(t-s).
-    auto block_output = [&](const T* sQb, const T* sKb, const T* sVb, int shift, float (&acc_o)[1][kVTiles][4]) {
-        warp_gemm<Major::kRow, Major::kRow, kQKSteps>(acc_o, sQb, kLdQK, sState, kLdV, kVTiles, NoScale{});
-        if constexpr (kDerivative) {
-            float acc_derivative[1][kVTiles][4] = {};
-            warp_gemm<Major::kRow, Major::kRow, kQKSteps>(acc_derivative, sQb, kLdQK, sStateDerivative, kLdV, kVTiles,
-                                                          NoScale{});
-#pragma unroll
-            for (int j = 0; j < kVTiles; ++j) {
-#pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    const int tq = row0 + g + 8 * (r / 2);
-                    acc_o[0][j][r] = decay_pow[tq + 1] *
-                                     (derivative_scale * float(tq + 1) * acc_o[0][j][r] + acc_derivative[0][j][r]);
-                }
+            copy_state_to_smem();
+        } else if (!state_pass) {
+            // The state entering this chunk: the chunk states of the prefix pass (earlier
+            // chunks, from zero) plus the initial state decayed over the chunks before,
+            // lambda^(c L - shift) S_{-1} with L tokens per chunk.
+            if (chunk > 0) {
+                const float* slab = chunk_state_slab(chunk - 1);
+                for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] = slab[slab_index(mt, nt, i)]; });
             }
-        } else {
-#pragma unroll
-            for (int j = 0; j < kVTiles; ++j) {
-#pragma unroll
-                for (int r = 0; r < 4; ++r) acc_o[0][j][r] *= decay_pow[row0 + g + 8 * (r / 2) + 1 - shift];
+            if (p.initial_state.ptr != nullptr) {
+                const int64_t decay_steps = int64_t(chunk) * plan.chunk_blocks * kBlockN - (chunk > 0 ? initial_shift : 0);
+                const float initial_decay = float(exp(-slope * double(decay_steps)));
+                for_each_state_element([&](int mt, int nt, int i) {
+                    if (const float* x = state_element(p.initial_state, mt, nt, i)) state[mt][nt][i] += initial_decay * *x;
+                });
             }
+            copy_state_to_smem();
         }
-        // Keys past this warp's last row are all masked: their tiles are skipped.
-        float scores[1][kScoreTiles][4] = {};
-        warp_gemm<Major::kRow, Major::kCol, kQKSteps>(scores, sQb, kLdQK, sKb, kLdQK, row0 / 8 + 2, NoScale{});
-#pragma unroll
-        for (int j = 0; j < kScoreTiles; ++j) {
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int tq = row0 + g + 8 * (r / 2), sk = 8 * j + 2 * t + r % 2;
-                const float weight = kDerivative ? derivative_scale * float(tq - sk) : 1.f;
-                scores[0][j][r] *= sk <= tq ? weight * p.kv_scale * decay_pow[tq - sk] : 0.f;
-            }
-        }
-        warp_gemm_registers_a(acc_o, scores, sVb, kLdV, warp + 1);
-    };
 
-    // o = scale * O for the block's valid rows and this CTA's v columns.
-    auto store_output = [&](int block, int valid, const float (&acc_o)[1][kVTiles][4]) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int tq = row0 + g + 8 * half;
-            if (tq < valid) {
-                T* orow = o + (int64_t(block) * kBlockN + tq) * o_step;
+        // ---- Algorithm 1's steps for the block in shared memory
+        auto load_block = [&](int block, int stage) {
+            const int64_t first = int64_t(block) * kBlockN;
+            const int valid = min(kBlockN, work.length - block * kBlockN);
+            if (!state_pass) {
+                load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK, q + first * q_step,
+                                                         q_step, valid, p.dim_qk, vectorized);
+            }
+            load_tile<kBlockN, kHeadDimQK, kThreads>(sK + stage * Traits::kQKTileElems, kLdQK, k + first * k_step, k_step,
+                                                     valid, p.dim_qk, vectorized);
+            load_tile<kBlockN, kTileV, kThreads>(sV + stage * Traits::kVTileElems, kLdV, v + first * v_step, v_step, valid,
+                                                 v_cols, vectorized);
+            cp_async_commit();
+        };
+
+        // O_i = Lambda Q_i KV + kv_scale [(Q_i K_i^T) . M] V_i for this warp's 16 rows,
+        // where KV is the state after block i-1, row t of Lambda is lambda^(t+1-shift)
+        // (shift 1 only for an undecayed initial state, see LinearAttnParams), and
+        // M[t][s] = lambda^(t-s) for s <= t, else 0.
+        // The derivative sweep differentiates each factor in -slope (distances in units of
+        // 1 / derivative_scale): Lambda Q_i KV becomes lambda^(t+1) ((t+1) Q_i KV + Q_i KV'),
+        // and M[t][s] becomes (t-s) lambda^(t-s).
+        auto block_output = [&](const T* sQb, const T* sKb, const T* sVb, int shift, float (&acc_o)[1][kVTiles][4]) {
+            warp_gemm<Major::kRow, Major::kRow, kQKSteps>(acc_o, sQb, kLdQK, sState, kLdV, kVTiles, NoScale{});
+            if constexpr (kDerivative) {
+                float acc_derivative[1][kVTiles][4] = {};
+                warp_gemm<Major::kRow, Major::kRow, kQKSteps>(acc_derivative, sQb, kLdQK, sStateDerivative, kLdV, kVTiles,
+                                                              NoScale{});
 #pragma unroll
                 for (int j = 0; j < kVTiles; ++j) {
-                    const int c = 8 * j + 2 * t;
-                    const float x0 = p.scale * acc_o[0][j][2 * half];
-                    const float x1 = p.scale * acc_o[0][j][2 * half + 1];
-                    if (paired_stores && c + 1 < v_cols) {
-                        store_pair(orow + c, x0, x1);
-                    } else {
-                        if (c < v_cols) orow[c] = from_float<T>(x0);
-                        if (c + 1 < v_cols) orow[c + 1] = from_float<T>(x1);
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const int tq = row0 + g + 8 * (r / 2);
+                        acc_o[0][j][r] = decay_pow[tq + 1] *
+                                         (derivative_scale * float(tq + 1) * acc_o[0][j][r] + acc_derivative[0][j][r]);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < kVTiles; ++j) {
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) acc_o[0][j][r] *= decay_pow[row0 + g + 8 * (r / 2) + 1 - shift];
+                }
+            }
+            // Keys past this warp's last row are all masked: their tiles are skipped.
+            float scores[1][kScoreTiles][4] = {};
+            warp_gemm<Major::kRow, Major::kCol, kQKSteps>(scores, sQb, kLdQK, sKb, kLdQK, row0 / 8 + 2, NoScale{});
+#pragma unroll
+            for (int j = 0; j < kScoreTiles; ++j) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int tq = row0 + g + 8 * (r / 2), sk = 8 * j + 2 * t + r % 2;
+                    const float weight = kDerivative ? derivative_scale * float(tq - sk) : 1.f;
+                    scores[0][j][r] *= sk <= tq ? weight * p.kv_scale * decay_pow[tq - sk] : 0.f;
+                }
+            }
+            warp_gemm_registers_a(acc_o, scores, sVb, kLdV, warp + 1);
+        };
+
+        // o = scale * O for the block's valid rows and this CTA's v columns.
+        auto store_output = [&](int block, int valid, const float (&acc_o)[1][kVTiles][4]) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int tq = row0 + g + 8 * half;
+                if (tq < valid) {
+                    T* orow = o + (int64_t(block) * kBlockN + tq) * o_step;
+#pragma unroll
+                    for (int j = 0; j < kVTiles; ++j) {
+                        const int c = 8 * j + 2 * t;
+                        const float x0 = p.scale * acc_o[0][j][2 * half];
+                        const float x1 = p.scale * acc_o[0][j][2 * half + 1];
+                        if (paired_stores && c + 1 < v_cols) {
+                            store_pair(orow + c, x0, x1);
+                        } else {
+                            if (c < v_cols) orow[c] = from_float<T>(x0);
+                            if (c + 1 < v_cols) orow[c + 1] = from_float<T>(x1);
+                        }
                     }
                 }
             }
-        }
-    };
+        };
 
-    // KV = lambda^(valid-shift) KV + kv_scale (lambda^(valid-1-s) K_i)^T V_i; for the
-    // derivative sweep first KV' = lambda^valid (KV' + valid KV)
-    //                             + kv_scale ((valid-1-s) lambda^(valid-1-s) K_i)^T V_i.
-    auto update_state = [&](const T* sKb, const T* sVb, int valid, int shift) {
-        const float block_decay = decay_pow[valid - shift];
-        if constexpr (kDerivative) {
-            for_each_state_element([&](int mt, int nt, int i) {
-                state_derivative[mt][nt][i] =
-                    block_decay * (state_derivative[mt][nt][i] + derivative_scale * float(valid) * state[mt][nt][i]);
-            });
-            warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(
-                state_derivative, sKb + state_row0, kLdQK, sVb + state_col0, kLdV, kStateNT,
-                KeyDecayDerivative{decay_pow, valid, derivative_scale * p.kv_scale});
-        }
-        for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] *= block_decay; });
-        warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(state, sKb + state_row0, kLdQK, sVb + state_col0, kLdV,
-                                                          kStateNT, KeyDecay{decay_pow, valid, p.kv_scale});
-    };
-
-    // ---- the sweep over this chunk's blocks, loads double-buffered for 16-bit types
-    if (first_block < end_block) load_block(first_block, 0);
-    for (int block = first_block; block < end_block; ++block) {
-        const int stage = (block - first_block) % kStages;
-        if constexpr (kStages == 2) {
-            if (block + 1 < end_block) load_block(block + 1, 1 - stage);
-            else cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // the block's tiles and the previous state copy are in shared memory
-
-        const T* sKb = sK + stage * Traits::kQKTileElems;
-        const T* sVb = sV + stage * Traits::kVTileElems;
-        const int valid = min(kBlockN, work.length - block * kBlockN);
-        // The sequence's first block starts from the initial state alone, the only
-        // state an undecayed start applies to.
-        const int shift = block == 0 ? initial_shift : 0;
-        if (!state_pass) {
-            float acc_o[1][kVTiles][4] = {};
-            block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift, acc_o);
-            store_output(block, valid, acc_o);
-        }
-        update_state(sKb, sVb, valid, shift);
-
-        __syncthreads();  // everyone is done with this stage and the old state copy
-        if (!state_pass) copy_state_to_smem();
-        if constexpr (kStages == 1) {
-            if (block + 1 < end_block) load_block(block + 1, 0);
-        }
-    }
-
-    // ---- what leaves the CTA besides o: the chunk's own state (state pass) or the
-    // sequence's final state (output pass, last chunk)
-    if (state_pass) {
-        float* slab = chunk_state_slab(chunk);
-        for_each_state_element([&](int mt, int nt, int i) { slab[slab_index(mt, nt, i)] = state[mt][nt][i]; });
-    } else if (last_chunk && p.final_state.ptr != nullptr) {
-        for_each_state_element([&](int mt, int nt, int i) {
-            if (float* x = state_element(p.final_state, mt, nt, i)) {
-                if constexpr (kDerivative) *x = state_derivative[mt][nt][i];
-                else *x = state[mt][nt][i];
+        // KV = lambda^(valid-shift) KV + kv_scale (lambda^(valid-1-s) K_i)^T V_i; for the
+        // derivative sweep first KV' = lambda^valid (KV' + valid KV)
+        //                             + kv_scale ((valid-1-s) lambda^(valid-1-s) K_i)^T V_i.
+        auto update_state = [&](const T* sKb, const T* sVb, int valid, int shift) {
+            const float block_decay = decay_pow[valid - shift];
+            if constexpr (kDerivative) {
+                for_each_state_element([&](int mt, int nt, int i) {
+                    state_derivative[mt][nt][i] =
+                        block_decay * (state_derivative[mt][nt][i] + derivative_scale * float(valid) * state[mt][nt][i]);
+                });
+                warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(
+                    state_derivative, sKb + state_row0, kLdQK, sVb + state_col0, kLdV, kStateNT,
+                    KeyDecayDerivative{decay_pow, valid, derivative_scale * p.kv_scale});
             }
-        });
+            for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] *= block_decay; });
+            warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(state, sKb + state_row0, kLdQK, sVb + state_col0, kLdV,
+                                                              kStateNT, KeyDecay{decay_pow, valid, p.kv_scale});
+        };
+
+        // ---- the sweep over this chunk's blocks, loads double-buffered for 16-bit types
+        if (first_block < end_block) load_block(first_block, 0);
+        for (int block = first_block; block < end_block; ++block) {
+            const int stage = (block - first_block) % kStages;
+            if constexpr (kStages == 2) {
+                if (block + 1 < end_block) load_block(block + 1, 1 - stage);
+                else cp_async_commit();
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads();  // the block's tiles and the previous state copy are in shared memory
+
+            const T* sKb = sK + stage * Traits::kQKTileElems;
+            const T* sVb = sV + stage * Traits::kVTileElems;
+            const int valid = min(kBlockN, work.length - block * kBlockN);
+            // The sequence's first block starts from the initial state alone, the only
+            // state an undecayed start applies to.
+            const int shift = block == 0 ? initial_shift : 0;
+            if (!state_pass) {
+                float acc_o[1][kVTiles][4] = {};
+                block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift, acc_o);
+                store_output(block, valid, acc_o);
+            }
+            const bool more_blocks = block + 1 < end_block;
+            if (more_blocks || keeps_state) update_state(sKb, sVb, valid, shift);
+
+            __syncthreads();  // everyone is done with this stage and the old state copy
+            if (!state_pass && more_blocks) copy_state_to_smem();
+            if constexpr (kStages == 1) {
+                if (block + 1 < end_block) load_block(block + 1, 0);
+            }
+        }
+
+        // ---- what leaves the piece besides o: the chunk's own state (state pass), the
+        // state for the chunk's next piece (relay), or the sequence's final state
+        if (state_pass) {
+            float* slab = chunk_state_slab(chunk);
+            for_each_state_element([&](int mt, int nt, int i) { slab[slab_index(mt, nt, i)] = state[mt][nt][i]; });
+        } else if (piece.handoff_to >= 0) {
+            float* slab = handoff_slab(piece.handoff_to);
+            constexpr int kSlab = kHeadDimQK * kTileV;
+            for_each_state_element([&](int mt, int nt, int i) {
+                __stcg(slab + slab_index(mt, nt, i), state[mt][nt][i]);
+                if constexpr (kDerivative) __stcg(slab + kSlab + slab_index(mt, nt, i), state_derivative[mt][nt][i]);
+            });
+            signal_handoff(handoff_ready(piece.handoff_to));
+        } else if (last_chunk && p.final_state.ptr != nullptr) {
+            for_each_state_element([&](int mt, int nt, int i) {
+                if (float* x = state_element(p.final_state, mt, nt, i)) {
+                    if constexpr (kDerivative) *x = state_derivative[mt][nt][i];
+                    else *x = state[mt][nt][i];
+                }
+            });
+        }
+        __syncthreads();  // every thread is done with this piece
+        if (threadIdx.x == 0) has_piece = !state_pass && take_next_piece();
+        __syncthreads();
     }
 }
 
@@ -337,21 +402,38 @@ template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
 cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pass, cudaStream_t stream) {
     using Traits = KernelTraits<T, kHeadDimQK, kTileV, kDecayDerivative>;
     auto kernel = linear_attn_sweep_kernel<Traits>;
-    int heads = 0, v_tiles_per_head = 0, max_chunks = 0;
+    int heads = 0, v_tiles_per_head = 0;
+    int64_t state_chunks = 0;
     for (int i = 0; i < batch.num_problems; ++i) {
         heads = max(heads, batch.problems[i].heads);
         v_tiles_per_head = max(v_tiles_per_head, batch.v_tiles[i]);
-        max_chunks = max(max_chunks, batch.chunks[i].max_chunks);
+        state_chunks = std::max(state_chunks, batch.chunks[i].state_chunks);
     }
-    const int64_t ctas = int64_t(max_chunks) * heads * v_tiles_per_head;
+    // State pass: a CTA per (chunk that is not last, head, v slice) of each problem.
+    // Output pass: a CTA per (relay segment, v slice).
+    const int64_t ctas = pass == SweepPass::kState ? state_chunks * heads * v_tiles_per_head
+                                                   : int64_t(batch.relay.segments) * v_tiles_per_head;
     if (ctas == 0) return cudaSuccess;
     if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytes));
     if (err != cudaSuccess) return err;
-    const dim3 grid(unsigned(ctas), unsigned(batch.num_problems));
+    const dim3 grid(unsigned(ctas), pass == SweepPass::kState ? unsigned(batch.num_problems) : 1u);
     kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(batch, pass, heads, v_tiles_per_head);
     return cudaGetLastError();
+}
+
+template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
+int linear_attn_sweep_ctas_per_sm() {
+    using Traits = KernelTraits<T, kHeadDimQK, kTileV, kDecayDerivative>;
+    auto kernel = linear_attn_sweep_kernel<Traits>;
+    int ctas = 0;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytes)) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, Traits::kThreads, Traits::kSmemBytes) !=
+            cudaSuccess)
+        return 0;
+    return ctas;
 }
 
 }  // namespace lightning_attn2

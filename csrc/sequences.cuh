@@ -1,16 +1,19 @@
-// Which sequence and chunk a CTA works on, for equal-length batches and packed
-// (cu_seqlens) batches alike: the one place that maps a chunk index to tokens.
+// Which blocks of which sequence a CTA sweeps, for equal-length batches and packed
+// (cu_seqlens) batches alike: the one place that maps work to tokens. The state
+// pass takes one chunk per CTA; the output pass walks a relay segment (see
+// RelayWorkspace in launch.h).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
+#include "kernel_traits.h"
 #include "launch.h"
 
 namespace lightning_attn2 {
 
 struct SequenceChunk {
     int seq;           // sequence n (the batch index, or the packed sequence)
-    int rank;          // its place in the order of work (see ChunkPlan)
     int chunk;         // chunk c of that sequence
     int num_chunks;    // chunks of that sequence
     int batch;         // batch row holding the sequence (0 when packed)
@@ -18,45 +21,179 @@ struct SequenceChunk {
     int length;        // tokens of the sequence
 };
 
-// Chunk `index` of the problem; false past the last chunk.
-__device__ __forceinline__ bool locate_chunk(const LinearAttnParams& p, const ChunkPlan& plan, int index,
-                                             SequenceChunk& out) {
+// A run of consecutive blocks of one chunk, swept by one CTA in one go.
+struct SweepPiece {
+    int problem;
+    int head;
+    SequenceChunk work;
+    int first_block;  // blocks of the sequence, [first_block, end_block)
+    int end_block;
+    bool starts_chunk;  // else it continues from the hand-off of segment handoff_from
+    int handoff_from;
+    int handoff_to;     // segment whose hand-off it leaves, or -1 when it ends its chunk
+};
+
+__host__ __device__ __forceinline__ int blocks_of(int64_t tokens) {
+    return int((tokens + kSweepBlockN - 1) / kSweepBlockN);
+}
+
+// Sequence n of the problem, as chunk c.
+__host__ __device__ __forceinline__ SequenceChunk sequence_chunk(const LinearAttnParams& p, const ChunkPlan& plan, int n,
+                                                        int c) {
+    SequenceChunk out;
+    out.seq = n;
+    out.chunk = c;
     if (p.cu_seqlens == nullptr) {
-        out.seq = index / plan.chunks_per_seq;
-        if (out.seq >= p.batch) return false;
-        out.rank = out.seq;
-        out.chunk = index % plan.chunks_per_seq;
         out.num_chunks = plan.chunks_per_seq;
-        out.batch = out.seq;
+        out.batch = n;
         out.first_token = 0;
         out.length = p.seqlen;
-        return true;
+    } else {
+        out.num_chunks = int(plan.chunk_start[n + 1] - plan.chunk_start[n]);
+        out.batch = 0;
+        out.first_token = plan.seq_start[n];
+        out.length = plan.seq_start[n + 1] - plan.seq_start[n];
     }
-    if (index >= plan.chunk_start[p.num_seqs]) return false;
-    // The last rank whose first chunk is at or before `index` (chunk_start is
-    // strictly increasing: every sequence has a chunk).
-    int lo = 0, hi = p.num_seqs - 1;
+    return out;
+}
+
+// The last n in [0, count) with start(n) <= x, for a non-decreasing start with start(0) <= x.
+template <typename Start>
+__host__ __device__ __forceinline__ int last_at_or_before(int count, int64_t x, Start start) {
+    int lo = 0, hi = count - 1;
     while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (plan.chunk_start[mid] <= index) lo = mid;
+        const int mid = lo + (hi - lo + 1) / 2;
+        if (start(mid) <= x) lo = mid;
         else hi = mid - 1;
     }
-    out.rank = lo;
-    out.seq = plan.seq_order[lo];
-    out.chunk = index - plan.chunk_start[lo];
-    out.num_chunks = plan.chunk_start[lo + 1] - plan.chunk_start[lo];
-    out.batch = 0;
-    out.first_token = plan.seq_start[out.seq];
-    out.length = plan.seq_start[out.seq + 1] - plan.seq_start[out.seq];
+    return lo;
+}
+
+// Slot in chunk_states of chunk c (not the last) of sequence n.
+__host__ __device__ __forceinline__ int64_t chunk_slot(const LinearAttnParams& p, const ChunkPlan& plan, int n, int c) {
+    const int64_t first = p.cu_seqlens == nullptr ? int64_t(n) * (plan.chunks_per_seq - 1) : plan.chunk_start[n] - n;
+    return first + c;
+}
+
+// State pass: the chunk of slot `index` (see chunk_slot); false past the last.
+__host__ __device__ __forceinline__ bool locate_state_chunk(const LinearAttnParams& p, const ChunkPlan& plan, int64_t index,
+                                                   SequenceChunk& out) {
+    if (p.cu_seqlens == nullptr) {
+        const int per_seq = plan.chunks_per_seq - 1;
+        if (per_seq <= 0 || index >= int64_t(p.batch) * per_seq) return false;
+        out = sequence_chunk(p, plan, int(index / per_seq), int(index % per_seq));
+        return true;
+    }
+    if (p.num_seqs == 0 || index >= plan.chunk_start[p.num_seqs] - p.num_seqs) return false;
+    const int n = last_at_or_before(p.num_seqs, index, [&](int m) { return plan.chunk_start[m] - m; });
+    out = sequence_chunk(p, plan, n, int(index - (plan.chunk_start[n] - n)));
     return true;
 }
 
-// Slot in chunk_states of chunk c (not the last) of the sequence of this rank.
-__device__ __forceinline__ int64_t chunk_slot(const LinearAttnParams& p, const ChunkPlan& plan, int rank,
-                                              int chunk) {
-    const int64_t first = p.cu_seqlens == nullptr ? int64_t(rank) * (plan.chunks_per_seq - 1)
-                                                  : int64_t(plan.chunk_start[rank]) - rank;
-    return first + chunk;
+// ---- the relay line of the output pass (see RelayWorkspace)
+
+// Relay cost of one head's sequences of the problem.
+__host__ __device__ __forceinline__ int64_t relay_cost_per_head(const LinearAttnParams& p, const ChunkPlan& plan) {
+    if (p.cu_seqlens == nullptr) return int64_t(p.batch) * std::max(1, blocks_of(p.seqlen));
+    return plan.relay_start[p.num_seqs];
+}
+
+__host__ __device__ __forceinline__ int longest_chunk(const LinearAttnParams& p, const ChunkPlan& plan) {
+    if (p.cu_seqlens == nullptr) return std::max(1, std::min(plan.chunk_blocks, blocks_of(p.seqlen)));
+    return *plan.longest_chunk;
+}
+
+// One CTA's segment of the line, handed out piece by piece in line order.
+struct RelaySegment {
+    int64_t position;  // of the next piece
+    int64_t end;
+    int segment;
+
+    // Segment `index` of the line over all the batch's problems, cut into
+    // relay.segments equal parts no shorter than the longest chunk.
+    __host__ __device__ __forceinline__ static RelaySegment of(const LinearAttnBatch& batch, int index) {
+        int64_t line = 0;
+        int longest = 1;
+        for (int i = 0; i < batch.num_problems; ++i) {
+            line += batch.problems[i].heads * relay_cost_per_head(batch.problems[i], batch.chunks[i]);
+            longest = std::max(longest, longest_chunk(batch.problems[i], batch.chunks[i]));
+        }
+        const int64_t length = std::max(int64_t(longest), (line + batch.relay.segments - 1) / batch.relay.segments);
+        RelaySegment out;
+        out.segment = index;
+        out.position = std::min(line, int64_t(index) * length);
+        out.end = std::min(line, out.position + length);
+        return out;
+    }
+
+    // The next piece of the segment; false at its end.
+    __host__ __device__ __forceinline__ bool next(const LinearAttnBatch& batch, SweepPiece& piece) {
+        if (position >= end) return false;
+        // The job under `position`: problem, head, sequence n, chunk c.
+        int64_t x = position;
+        int problem = 0;
+        int64_t per_head = relay_cost_per_head(batch.problems[0], batch.chunks[0]);
+        while (x >= batch.problems[problem].heads * per_head) {
+            x -= batch.problems[problem].heads * per_head;
+            ++problem;
+            per_head = relay_cost_per_head(batch.problems[problem], batch.chunks[problem]);
+        }
+        const LinearAttnParams& p = batch.problems[problem];
+        const ChunkPlan& plan = batch.chunks[problem];
+        const int head = int(x / per_head);
+        const int64_t y = x % per_head;
+        int n;
+        int64_t into_seq;  // cost units into sequence n
+        if (p.cu_seqlens == nullptr) {
+            const int seq_cost = std::max(1, blocks_of(p.seqlen));
+            n = int(y / seq_cost);
+            into_seq = y % seq_cost;
+        } else {
+            n = last_at_or_before(p.num_seqs, y, [&](int m) { return plan.relay_start[m]; });
+            into_seq = y - plan.relay_start[n];
+        }
+        const int c = int(into_seq / plan.chunk_blocks);
+        const int into_chunk = int(into_seq - int64_t(c) * plan.chunk_blocks);
+        piece.problem = problem;
+        piece.head = head;
+        piece.work = sequence_chunk(p, plan, n, c);
+        const int chunk_first_block = c * plan.chunk_blocks;
+        const int chunk_blocks = std::min(plan.chunk_blocks, blocks_of(piece.work.length) - chunk_first_block);
+        const int64_t job_start = position - into_chunk;
+        const int64_t job_end = job_start + std::max(1, chunk_blocks);
+        // The part of the chunk in this segment; what lies past the segment ran
+        // first, at the start of the next segment.
+        const int64_t piece_end = std::min(job_end, end);
+        const int done_before = int(job_end - piece_end);
+        piece.first_block = chunk_first_block + done_before;
+        piece.end_block = chunk_first_block + std::min(chunk_blocks, done_before + int(piece_end - position));
+        piece.starts_chunk = done_before == 0;
+        piece.handoff_from = segment + 1;
+        piece.handoff_to = position > job_start ? segment : -1;
+        position = piece_end;
+        return true;
+    }
+};
+
+// The relay hand-off protocol: the CTA that leaves a state writes it (every
+// thread, through L2), then raises the flag once all writes are visible on the GPU;
+// the CTA that takes it waits for the flag before any thread reads (through L2).
+__device__ __forceinline__ void signal_handoff(int* ready) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(ready), "r"(1) : "memory");
+}
+
+__device__ __forceinline__ void wait_for_handoff(const int* ready) {
+    if (threadIdx.x == 0) {
+        int flag = 0;
+        while (true) {
+            asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(flag) : "l"(ready) : "memory");
+            if (flag != 0) break;
+            __nanosleep(256);
+        }
+    }
+    __syncthreads();
 }
 
 }  // namespace lightning_attn2

@@ -106,9 +106,9 @@ def test_states_and_packing_match_float64(device, dtype, shape, decay, poison_al
 
 
 @requires_cuda
-def test_more_packed_sequences_than_one_sort(poison_allocations):
-    """1100 sequences (0 to 8 tokens): more than the packing pass sorts longest first
-    (1024), so they are taken in their own order."""
+def test_many_short_packed_sequences(poison_allocations):
+    """1100 sequences of 0 to 8 tokens: a relay segment then holds many sequences,
+    and the packing pass scans more entries than it has threads."""
     lengths = [(7 * i) % 9 for i in range(1100)]
     q, k, v, slope, state, cu_seqlens = make_problem((1, 2, lengths, None, 32, 16), torch.bfloat16, "cuda", "alibi")
     dout = torch.randn(*q.shape[:3], v.shape[3], device="cuda", dtype=torch.bfloat16)
@@ -117,6 +117,32 @@ def test_more_packed_sequences_than_one_sort(poison_allocations):
     o_ref, final_ref, grads_ref = float64_reference(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
     for x, ref in zip((o, final, *grads[:3], grads[4]), (o_ref, final_ref, *grads_ref[:3], grads_ref[4])):
         assert relative_l2(x, ref) <= TOLERANCE[torch.bfloat16]
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_relay_cuts_change_no_bit(dtype, shape, poison_allocations):
+    """Where a relay segment boundary cuts a chunk, the output pass hands its fp32
+    state (and the slope derivative's) from one CTA to another. Capped at 1, 2, 3
+    and 5 segments (the GPU runs hundreds), these inputs are cut at other blocks, in
+    every pass of the forward and the backward: o, the final state and every gradient
+    must equal the uncapped call's bit for bit (which the float64 tests check)."""
+    from lightning_attn2_cuda import interface
+
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES[shape], dtype, "cuda", "alibi")
+    dout = torch.randn(*q.shape[:3], v.shape[3], device="cuda", dtype=dtype)
+    d_final = torch.randn_like(state)
+    o, final, grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    try:
+        for cap in (1, 2, 3, 5):
+            interface._C._set_relay_segment_cap(cap)
+            o_cut, final_cut, grads_cut = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+            for name, x, y in zip(("o", "final", "dq", "dk", "dv", "dslope", "dstate"), (o, final, *grads),
+                                  (o_cut, final_cut, *grads_cut)):
+                assert torch.equal(x, y), f"{name} differs with {cap} relay segments"
+    finally:
+        interface._C._set_relay_segment_cap(0)
 
 
 @pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)

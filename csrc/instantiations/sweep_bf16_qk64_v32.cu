@@ -4,4 +4,5 @@
 namespace lightning_attn2 {
 template cudaError_t launch_linear_attn_sweep<__nv_bfloat16, 64, 32, false>(const LinearAttnBatch&, SweepPass,
                                                                             cudaStream_t);
+template int linear_attn_sweep_ctas_per_sm<__nv_bfloat16, 64, 32, false>();
 }  // namespace lightning_attn2
