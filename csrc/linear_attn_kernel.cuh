@@ -145,6 +145,21 @@ __global__ void __launch_bounds__(Traits::kThreads)
         const bool vectorized = is_aligned16(q, q_step * int64_t(sizeof(T))) && is_aligned16(k, k_step * int64_t(sizeof(T))) &&
                                 is_aligned16(v, v_step * int64_t(sizeof(T)));
         const bool paired_stores = (reinterpret_cast<uintptr_t>(o) % (2 * sizeof(T)) == 0) && (o_step % 2 == 0);
+        // Where this piece's tokens start in q, k, v and o (elements from the tensor's
+        // pointer) and their steps, in shared memory: read where the tiles are loaded
+        // and stored, so that no register holds them across the block's products.
+        __shared__ int64_t tile_offset[4], tile_step[4];
+        if (threadIdx.x == 0) {
+            tile_offset[0] = q - static_cast<const T*>(p.q.ptr);
+            tile_offset[1] = k - static_cast<const T*>(p.k.ptr);
+            tile_offset[2] = v - static_cast<const T*>(p.v.ptr);
+            tile_offset[3] = o - static_cast<T*>(p.o.ptr);
+            tile_step[0] = q_step;
+            tile_step[1] = k_step;
+            tile_step[2] = v_step;
+            tile_step[3] = o_step;
+        }
+        __syncthreads();
 
         // Lambda, the decay matrix of Algorithm 1, as a table of powers lambda^i.
         // Every decay factor is one of them (never lambda^-i, which overflows).
@@ -240,13 +255,16 @@ __global__ void __launch_bounds__(Traits::kThreads)
         auto load_block = [&](int block, int stage) {
             const int64_t first = int64_t(block) * kBlockN;
             const int valid = min(kBlockN, work.length - block * kBlockN);
+            auto src = [&](const StridedTensor& x, int i) {
+                return static_cast<const T*>(x.ptr) + tile_offset[i] + first * tile_step[i];
+            };
             if (!state_pass) {
-                load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK, q + first * q_step,
-                                                         q_step, valid, p.dim_qk, vectorized);
+                load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK, src(p.q, 0),
+                                                         tile_step[0], valid, p.dim_qk, vectorized);
             }
-            load_tile<kBlockN, kHeadDimQK, kThreads>(sK + stage * Traits::kQKTileElems, kLdQK, k + first * k_step, k_step,
+            load_tile<kBlockN, kHeadDimQK, kThreads>(sK + stage * Traits::kQKTileElems, kLdQK, src(p.k, 1), tile_step[1],
                                                      valid, p.dim_qk, vectorized);
-            load_tile<kBlockN, kTileV, kThreads>(sV + stage * Traits::kVTileElems, kLdV, v + first * v_step, v_step, valid,
+            load_tile<kBlockN, kTileV, kThreads>(sV + stage * Traits::kVTileElems, kLdV, src(p.v, 2), tile_step[2], valid,
                                                  v_cols, vectorized);
             cp_async_commit();
         };
@@ -301,7 +319,8 @@ __global__ void __launch_bounds__(Traits::kThreads)
             for (int half = 0; half < 2; ++half) {
                 const int tq = row0 + g + 8 * half;
                 if (tq < valid) {
-                    T* orow = o + (int64_t(block) * kBlockN + tq) * o_step;
+                    T* orow =
+                        static_cast<T*>(p.o.ptr) + tile_offset[3] + (int64_t(block) * kBlockN + tq) * tile_step[3];
 #pragma unroll
                     for (int j = 0; j < kVTiles; ++j) {
                         const int c = 8 * j + 2 * t;
