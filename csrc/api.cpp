@@ -1,6 +1,7 @@
 // PyTorch binding: turns tensors into LinearAttnParams and runs the sweeps on the
 // current stream. Argument checking for users lives in the Python package; the
-// checks here only keep a direct call of the private module from crashing.
+// checks here only keep a direct call of the private module with wrong shapes,
+// dtypes or devices from crashing (the int32 size limits are checked in Python only).
 // Nothing here reads device memory, so every call can be captured in a CUDA graph.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -129,8 +130,8 @@ void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
     run(&problem, 1, q);
 }
 
-// Algorithm 2 as up to three sweeps of one launch, for the gradients asked for
-// (a missing output skips its sweep). With S_{-1} the initial state and dF the
+// Algorithm 2 as up to three sweeps of one launch (a fourth, of its own, for the
+// slope gradient), for the gradients asked for (a missing output skips its sweep). With S_{-1} the initial state and dF the
 // gradient flowing into the final state, per sequence:
 //   dq_t = scale do_t S_t^T: sweep(do, v, k), forward in time, state S^T starting at S_{-1}^T;
 //   G_s = dL/dS_s = scale sum_{t >= s} lambda^(t-s) q_t^T do_t + lambda^(last-s) dF;

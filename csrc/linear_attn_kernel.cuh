@@ -7,6 +7,8 @@
 //   dq = sweep(q := do, k := v, v := k)                     forward in time,
 //   dk = sweep(q := v,  k := do, v := q)   backward in time, state dKV^T,
 //   dv = sweep(q := k,  k := q,  v := do)  backward in time, state dKV.
+// The slope gradient takes a fourth, the dq sweep differentiated in the decay
+// (kDecayDerivative: a second state S' = -dS/dslope), in a launch of its own.
 #pragma once
 
 #include "kernel_traits.h"
