@@ -102,9 +102,9 @@ __global__ void __launch_bounds__(kPackThreads) pack_sequences_kernel(const __gr
     __syncthreads();  // seq_order[rank] may be another thread's
 
     // chunk_start, over ranks: every sequence has at least one chunk.
-    const int chunk_tokens = plan.chunk_blocks * kSweepBlockN;
+    const int64_t chunk_tokens = int64_t(plan.chunk_blocks) * kSweepBlockN;
     auto chunks_of_rank = [&](int rank) {
-        return max(1, (length_of(plan.seq_order[rank]) + chunk_tokens - 1) / chunk_tokens);
+        return int(max(int64_t(1), (length_of(plan.seq_order[rank]) + chunk_tokens - 1) / chunk_tokens));
     };
     int local_sum = 0, total = 0;
     for (int rank = begin; rank < seq_end; ++rank) local_sum += chunks_of_rank(rank);

@@ -69,9 +69,14 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, TileConfig tiles, int num_p
         // that a sequence much longer than the rest is cut rather than left running
         // alone. Sequence n has max(1, ceil(len_n / L)) chunks, L = chunk_blocks *
         // kBlockN tokens: at most seqlen / L + num_seqs in all, seqlen / L not last.
-        const int64_t blocks = (int64_t(p.seqlen) + kSweepBlockN - 1) / kSweepBlockN + p.num_seqs;
-        plan.chunk_blocks = int(may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows)
-                                          : blocks);
+        const int64_t seq_blocks = (int64_t(p.seqlen) + kSweepBlockN - 1) / kSweepBlockN;
+        const int64_t blocks = seq_blocks + p.num_seqs;
+        const int64_t chunk_blocks =
+            may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows) : blocks;
+        // No sequence is longer than seqlen, so seq_blocks + 1 blocks cut none, as does
+        // any longer chunk; the cap keeps chunk_blocks * kBlockN within an int however
+        // many sequences there are.
+        plan.chunk_blocks = int(std::min(chunk_blocks, seq_blocks + 1));
         const int64_t chunk_tokens = int64_t(plan.chunk_blocks) * kSweepBlockN;
         slots = p.seqlen / chunk_tokens;
         plan.chunks_per_seq = 0;
