@@ -42,49 +42,86 @@ size_t aligned(size_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspace
 
 int padded_head_dim(int dim) { return dim <= 32 ? 32 : dim <= 64 ? 64 : dim <= 128 ? 128 : 256; }
 
-// Chunks are cut when the launch would leave SMs idle, so as to give every SM two CTAs.
-// per_chunk_row: CTAs per chunk row (problems x heads x v slices; x batch for
-// equal-length sequences).
+// CTAs of one sweep launch that run at once: two per SM for the tiles that matter
+// (registers and shared memory both allow two at head dim 128).
+constexpr int kCtasPerSm = 2;
+
+// A state-pass block does one of the output block's three tile products and loads
+// two of its three tiles: taken as half the time of an output block.
+constexpr double kStatePassCost = 0.5;
+
+// Time of a sweep in block-times when `jobs` CTAs of `blocks` blocks each are cut
+// into `chunks` chunks and run `slots` at a time: the output pass in whole waves
+// of chunks, plus the state pass over every chunk but the last. A wave is as long
+// as its chunks however few of its slots are used, so 288 CTAs on 264 slots take
+// two waves: the count that leaves the fewest idle slots wins, not the most CTAs.
+double sweep_time(int64_t jobs, int64_t blocks, int64_t chunks, int64_t slots) {
+    const int64_t chunk = (blocks + chunks - 1) / chunks;
+    auto waves = [&](int64_t ctas) { return double((ctas + slots - 1) / slots); };
+    return waves(jobs * chunks) * chunk + kStatePassCost * waves(jobs * (chunks - 1)) * chunk;
+}
+
+// The chunk count, at most max_chunks, for the shortest sweep_time. The estimate is
+// good to a few percent, and each chunk adds a state slab, a step of the prefix
+// pass and a CTA's start-up: of the counts within 2% of the shortest, the fewest.
+int64_t fastest_chunk_count(int64_t jobs, int64_t blocks, int64_t max_chunks, int64_t slots) {
+    double shortest = sweep_time(jobs, blocks, 1, slots);
+    for (int64_t chunks = 2; chunks <= max_chunks; ++chunks)
+        shortest = std::min(shortest, sweep_time(jobs, blocks, chunks, slots));
+    int64_t chunks = 1;
+    while (sweep_time(jobs, blocks, chunks, slots) > 1.02 * shortest) ++chunks;
+    return chunks;
+}
+
+// Sequences are cut into chunks of at least kMinChunkBlocks blocks; equal-length
+// ones when that shortens the sweep (fastest_chunk_count, up to four times as many
+// chunk rows as fill the slots). per_chunk_row: CTAs per chunk row (problems x heads
+// x v slices; x batch for equal-length sequences).
 SweepPlan plan_with_tiles(const LinearAttnParams& p, TileConfig tiles, int num_problems, int num_sms) {
     SweepPlan plan{};
     plan.tiles = tiles;
     plan.v_tiles = (p.dim_v + tiles.tile_v - 1) / tiles.tile_v;
+    const int64_t slots = int64_t(kCtasPerSm) * num_sms;
     const int64_t per_chunk_row = int64_t(num_problems) * p.heads * plan.v_tiles;
-    const int64_t wanted_rows = (2 * int64_t(num_sms) + per_chunk_row - 1) / per_chunk_row;
-    int64_t slots = 0;  // chunk states: chunks that are not last in their sequence
+    int64_t state_chunks = 0;  // chunks that are not last in their sequence
     // The derivative sweep has no chunk passes: one CTA walks each whole sequence.
     const bool may_chunk = !p.decay_derivative;
     if (p.cu_seqlens == nullptr) {
         const int num_blocks = (p.seqlen + kSweepBlockN - 1) / kSweepBlockN;
-        const int64_t ctas = per_chunk_row * p.batch;
-        const int64_t wanted = ctas >= num_sms || !may_chunk ? 1 : (wanted_rows + p.batch - 1) / p.batch;
-        int num_chunks = int(std::max<int64_t>(1, std::min<int64_t>(wanted, num_blocks / kMinChunkBlocks)));
-        plan.chunk_blocks = std::max(1, (num_blocks + num_chunks - 1) / num_chunks);
+        const int64_t jobs = std::max<int64_t>(1, per_chunk_row * p.batch);
+        const int64_t max_chunks =
+            may_chunk ? std::min<int64_t>(num_blocks / kMinChunkBlocks, 4 * ((slots + jobs - 1) / jobs)) : 1;
+        const int64_t num_chunks = fastest_chunk_count(jobs, num_blocks, max_chunks, slots);
+        plan.chunk_blocks = std::max(1, int((num_blocks + num_chunks - 1) / num_chunks));
         plan.chunks_per_seq = std::max(1, (num_blocks + plan.chunk_blocks - 1) / plan.chunk_blocks);
         plan.max_chunks = p.batch * plan.chunks_per_seq;
         plan.chunked = plan.chunks_per_seq > 1;
-        slots = int64_t(p.batch) * (plan.chunks_per_seq - 1);
+        state_chunks = int64_t(p.batch) * (plan.chunks_per_seq - 1);
     } else {
         // The lengths live on the device: size chunks for the whole token count, so
         // that a sequence much longer than the rest is cut rather than left running
-        // alone. Sequence n has max(1, ceil(len_n / L)) chunks, L = chunk_blocks *
-        // kBlockN tokens: at most seqlen / L + num_seqs in all, seqlen / L not last.
+        // alone: into chunks of one of the chunk rows that fill the slots in one wave
+        // (a long sequence then fills them, and many sequences are not cut at all).
+        // Sequence n has max(1, ceil(len_n / L)) chunks, L = chunk_blocks * kBlockN
+        // tokens: at most seqlen / L + num_seqs in all, seqlen / L not last.
         const int64_t seq_blocks = (int64_t(p.seqlen) + kSweepBlockN - 1) / kSweepBlockN;
         const int64_t blocks = seq_blocks + p.num_seqs;
+        const int64_t rows = std::max<int64_t>(1, slots / std::max<int64_t>(1, per_chunk_row));
         const int64_t chunk_blocks =
-            may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows) : blocks;
+            may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + rows - 1) / rows) : blocks;
         // No sequence is longer than seqlen, so seq_blocks + 1 blocks cut none, as does
         // any longer chunk; the cap keeps chunk_blocks * kBlockN within an int however
         // many sequences there are.
         plan.chunk_blocks = int(std::min(chunk_blocks, seq_blocks + 1));
         const int64_t chunk_tokens = int64_t(plan.chunk_blocks) * kSweepBlockN;
-        slots = p.seqlen / chunk_tokens;
+        state_chunks = p.seqlen / chunk_tokens;
         plan.chunks_per_seq = 0;
-        plan.max_chunks = int(p.num_seqs + slots);
-        plan.chunked = slots > 0;
+        plan.max_chunks = int(p.num_seqs + state_chunks);
+        plan.chunked = state_chunks > 0;
         plan.pack_bytes = aligned(3 * (size_t(p.num_seqs) + 1) * sizeof(int));
     }
-    plan.state_bytes = aligned(size_t(slots) * p.heads * plan.v_tiles * tiles.head_dim_qk * tiles.tile_v * sizeof(float));
+    plan.state_bytes =
+        aligned(size_t(state_chunks) * p.heads * plan.v_tiles * tiles.head_dim_qk * tiles.tile_v * sizeof(float));
     return plan;
 }
 
