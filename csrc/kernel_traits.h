@@ -40,13 +40,14 @@ struct KernelTraits {
     static constexpr int kStateColsPerWarp = kTileV / kStateWarpsAlongV;
 
     // Shared memory: kStages x (Q, K, V tiles), the state(s) in T for the tensor
-    // cores, and the decay powers lambda^0 .. lambda^kBlockN.
+    // cores, the decay powers lambda^0 .. lambda^kBlockN and the mask table(s) by
+    // distance (MaskedDecay).
     static constexpr size_t kQKTileElems = size_t(kBlockN) * kLdQK;
     static constexpr size_t kVTileElems = size_t(kBlockN) * kLdV;
     static constexpr size_t kStateElems = size_t(kHeadDimQK) * kLdV;
     static constexpr size_t kSmemBytes =
         (kStages * (2 * kQKTileElems + kVTileElems) + kStates * kStateElems) * sizeof(T) +
-        (kBlockN + 1) * sizeof(float);
+        (kBlockN + 1 + kStates * 2 * kBlockN) * sizeof(float);
 
     static_assert(kHeadDimQK % 32 == 0 && kHeadDimQK <= 256, "head dim tile");
     static_assert(kTileV % 32 == 0, "v tile");

@@ -21,28 +21,25 @@
 
 namespace lightning_attn2 {
 
-// Weight of key s in the state update of a block holding `valid` tokens:
-// kv_scale lambda^(valid - 1 - s), the decay from token s to the end of the block.
-struct KeyDecay {
-    static constexpr bool kEnabled = true;
-    const float* decay_pow;  // lambda^i for i in [0, kBlockN]
-    int valid;
-    float kv_scale;
-    __device__ __forceinline__ float operator()(int s) const {
-        return s < valid ? kv_scale * decay_pow[valid - 1 - s] : 0.f;
-    }
+// The mask M of Algorithm 1 by distance d = t - s, with kv_scale folded in:
+// masked_decay[d + kBlockN - 1] = kv_scale lambda^d for d >= 0, else 0 (one shared-
+// memory table per CTA piece, so that each weight is one load and no select).
+// The derivative sweep has a second table for -dM/dslope: kv_scale d lambda^d
+// (d in units of 1 / derivative_scale).
+template <int kBlockN>
+struct MaskedDecay {
+    const float* table;  // [2 * kBlockN]
+    __device__ __forceinline__ float operator()(int distance) const { return table[distance + kBlockN - 1]; }
 };
 
-// Its derivative in -slope, the weight of key s in the update of S':
-// kv_scale (valid - 1 - s) lambda^(valid - 1 - s).
-struct KeyDecayDerivative {
+// Weight of key s in the state update of a block holding `valid` tokens: the masked
+// decay from token s to the end of the block (zero past the valid tokens).
+template <int kBlockN>
+struct KeyDecay {
     static constexpr bool kEnabled = true;
-    const float* decay_pow;
+    MaskedDecay<kBlockN> mask;
     int valid;
-    float kv_scale;
-    __device__ __forceinline__ float operator()(int s) const {
-        return s < valid ? kv_scale * float(valid - 1 - s) * decay_pow[valid - 1 - s] : 0.f;
-    }
+    __device__ __forceinline__ float operator()(int s) const { return mask(valid - 1 - s); }
 };
 
 template <class Traits>
@@ -113,6 +110,9 @@ __global__ void __launch_bounds__(Traits::kThreads)
     T* sState = sV + kStages * Traits::kVTileElems;  // [kHeadDimQK][kLdV]
     T* sStateDerivative = sState + Traits::kStateElems;  // [kHeadDimQK][kLdV] when kDerivative
     float* decay_pow = reinterpret_cast<float*>(sState + Traits::kStates * Traits::kStateElems);  // [kBlockN + 1]
+    float* masked_decay = decay_pow + kBlockN + 1;  // [kStates][2 * kBlockN], see MaskedDecay
+    const MaskedDecay<kBlockN> mask{masked_decay};
+    const MaskedDecay<kBlockN> mask_derivative{masked_decay + 2 * kBlockN};
 
     while (has_piece) {
         const LinearAttnParams& p = batch.problems[piece.problem];
@@ -124,10 +124,6 @@ __global__ void __launch_bounds__(Traits::kThreads)
         const bool last_chunk = chunk == work.num_chunks - 1;
         const int first_block = piece.first_block;
         const int end_block = piece.end_block;
-        // Whether the state after the piece's last block is read: by the prefix pass,
-        // the next relay piece, or as the sequence's final state.
-        const bool keeps_state =
-            state_pass || piece.handoff_to >= 0 || (last_chunk && p.final_state.ptr != nullptr);
 
         // Token j of this sequence is at seq_ptr(x) + j * seq_step(x), in the sweep's
         // direction of time.
@@ -166,6 +162,12 @@ __global__ void __launch_bounds__(Traits::kThreads)
         const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
         for (int i = threadIdx.x; i <= kBlockN; i += kThreads) decay_pow[i] = float(exp(-slope * i));
         const float derivative_scale = kDerivative ? p.derivative_scale[h] : 1.f;
+        for (int i = threadIdx.x; i < 2 * kBlockN; i += kThreads) {
+            const int distance = i - (kBlockN - 1);
+            const float decay = distance >= 0 ? p.kv_scale * float(exp(-slope * distance)) : 0.f;
+            masked_decay[i] = decay;
+            if constexpr (kDerivative) masked_decay[2 * kBlockN + i] = derivative_scale * float(distance) * decay;
+        }
 
         // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
         // and a copy rounded to T in shared memory as the operand of Q_i KV.
@@ -306,8 +308,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
 #pragma unroll
                 for (int r = 0; r < 4; ++r) {
                     const int tq = row0 + g + 8 * (r / 2), sk = 8 * j + 2 * t + r % 2;
-                    const float weight = kDerivative ? derivative_scale * float(tq - sk) : 1.f;
-                    scores[0][j][r] *= sk <= tq ? weight * p.kv_scale * decay_pow[tq - sk] : 0.f;
+                    scores[0][j][r] *= kDerivative ? mask_derivative(tq - sk) : mask(tq - sk);
                 }
             }
             warp_gemm_registers_a(acc_o, scores, sVb, kLdV, warp + 1);
@@ -349,11 +350,11 @@ __global__ void __launch_bounds__(Traits::kThreads)
                 });
                 warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(
                     state_derivative, sKb + state_row0, kLdQK, sVb + state_col0, kLdV, kStateNT,
-                    KeyDecayDerivative{decay_pow, valid, derivative_scale * p.kv_scale});
+                    KeyDecay<kBlockN>{mask_derivative, valid});
             }
             for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] *= block_decay; });
             warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(state, sKb + state_row0, kLdQK, sVb + state_col0, kLdV,
-                                                              kStateNT, KeyDecay{decay_pow, valid, p.kv_scale});
+                                                              kStateNT, KeyDecay<kBlockN>{mask, valid});
         };
 
         // ---- the sweep over this chunk's blocks, loads double-buffered for 16-bit types
@@ -380,11 +381,10 @@ __global__ void __launch_bounds__(Traits::kThreads)
                 block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift, acc_o);
                 store_output(block, valid, acc_o);
             }
-            const bool more_blocks = block + 1 < end_block;
-            if (more_blocks || keeps_state) update_state(sKb, sVb, valid, shift);
+            update_state(sKb, sVb, valid, shift);
 
             __syncthreads();  // everyone is done with this stage and the old state copy
-            if (!state_pass && more_blocks) copy_state_to_smem();
+            if (!state_pass) copy_state_to_smem();
             if constexpr (kStages == 1) {
                 if (block + 1 < end_block) load_block(block + 1, 0);
             }
