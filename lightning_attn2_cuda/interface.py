@@ -482,11 +482,12 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
     else:
         _check_index_tensor("state_indices", state_indices, q, batch, "the cache row of each sequence, -1 to skip")
 
-        def check():
+        def check():  # one host sync: a serving loop may pass a new tensor every step
             bad = (state_indices < -1) | (state_indices >= rows)
-            used = state_indices[state_indices >= 0]
-            repeated = used.numel() != torch.unique(used).numel()
-            if bool(bad.any()):
+            ordered = torch.sort(state_indices).values
+            repeated = ((ordered[1:] == ordered[:-1]) & (ordered[1:] >= 0)).any()
+            any_bad, repeated = torch.stack([bad.any(), repeated]).tolist()
+            if any_bad:
                 raise ValueError(
                     f"state_indices must be in [-1, {rows}) (rows of state_cache, -1 to skip), "
                     f"got {state_indices[bad][0].item()} "

@@ -154,7 +154,7 @@ def test_packed_equals_separate_calls(device, dtype, poison_allocations):
     for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         piece = (x[:, :, start:end] for x in (q, k, v))
         o_n, final_n = lightning_attn(*piece, slope, 0.5, initial_state=state[n : n + 1], output_final_state=True)
-        assert relative_l2(o[:, :, start:end], o_n) <= TOLERANCE[dtype] if end > start else True
+        assert relative_l2(o[:, :, start:end], o_n) <= TOLERANCE[dtype]  # 0 for an empty sequence
         assert relative_l2(final[n : n + 1], final_n) <= TOLERANCE[dtype]
 
 
