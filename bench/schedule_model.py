@@ -1,7 +1,8 @@
-"""List-scheduling model of the packed varlen output pass (docs/perf.md, v3 and v4).
+"""List-scheduling model of the packed varlen output pass as it was in v3-v5
+(docs/perf.md, v3 and v4; since v6 the output pass is a relay, which this does not model).
 
-The output pass launches one CTA per (sequence, head, 64-column v slice); the GPU
-starts them in rank order (longest sequence first) as slots free up, two per SM.
+That output pass launched one CTA per (sequence, head, 64-column v slice); the GPU
+started them in rank order (longest sequence first) as slots freed up, two per SM.
 A CTA's time is taken as its number of 64-token blocks ("block-times"). Prints the
 makespan of the packed launch, of the equal-length batch on the same tokens, and of
 cutting long sequences into parts that each wait for the previous part's state.

@@ -111,8 +111,8 @@ int sweep_slots(DType dtype, TileConfig tiles, int num_sms) {
     return per_sm * num_sms;
 }
 
-// Block-times of the sweep per slot when each of `jobs` jobs (CTAs of one chunk
-// row) of `blocks` blocks is cut into `chunks` chunks: the relay's output pass (its work
+// Block-times of the sweep per slot when each of `jobs` jobs (the sequences of one
+// chunk row, per v slice) of `blocks` blocks is cut into `chunks` chunks: the relay's output pass (its work
 // spread over the slots, but no shorter than one chunk) plus, when cut, the state
 // pass over all chunks but the last, at kStatePassCost of an output block each.
 double sweep_estimate(int64_t jobs, int64_t blocks, int64_t chunks, int64_t slots) {
@@ -127,7 +127,7 @@ double sweep_estimate(int64_t jobs, int64_t blocks, int64_t chunks, int64_t slot
 }
 
 // Sequences are cut into chunks only where the output pass alone would leave slots
-// idle: fewer jobs than slots. per_chunk_row: CTAs per chunk row (problems x heads
+// idle: fewer jobs than slots. per_chunk_row: jobs per chunk row (problems x heads
 // x v slices; x batch for equal-length sequences).
 SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig tiles, int num_problems, int num_sms) {
     SweepPlan plan{};
@@ -136,7 +136,8 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
     const int64_t slots = sweep_slots(dtype, tiles, num_sms);
     const int64_t per_chunk_row = int64_t(num_problems) * p.heads * plan.v_tiles;
     const int64_t wanted_rows = (slots + per_chunk_row - 1) / per_chunk_row;
-    // The derivative sweep has no chunk passes: one CTA walks each whole sequence.
+    // The derivative sweep has no chunk passes: each sequence is one job of the relay
+    // (which may still hand it from one CTA to the next at a segment boundary).
     const bool may_chunk = !p.decay_derivative;
     if (p.cu_seqlens == nullptr) {
         // Up to wanted_rows chunk rows, which fill every slot; as many as the

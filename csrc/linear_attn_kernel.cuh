@@ -357,7 +357,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
                                                               kStateNT, KeyDecay<kBlockN>{mask, valid});
         };
 
-        // ---- the sweep over this chunk's blocks, loads double-buffered for 16-bit types
+        // ---- the sweep over this piece's blocks, loads double-buffered for 16-bit types
         if (first_block < end_block) load_block(first_block, 0);
         for (int block = first_block; block < end_block; ++block) {
             const int stage = (block - first_block) % kStages;

@@ -124,9 +124,9 @@ def test_many_short_packed_sequences(poison_allocations):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_relay_cuts_change_no_bit(dtype, shape, poison_allocations):
     """Where a relay segment boundary cuts a chunk, the output pass hands its fp32
-    state (and the slope derivative's) from one CTA to another. Capped at 1, 2, 3
-    and 5 segments (the GPU runs hundreds), these inputs are cut at other blocks, in
-    every pass of the forward and the backward: o, the final state and every gradient
+    state (and the slope derivative's) from one CTA to another. Capped at 1 segment
+    (no cut) and at 2, 3 and 5 (the GPU runs hundreds), these inputs are cut at other
+    blocks, in every pass of the forward and the backward: o, the final state and every gradient
     must equal the uncapped call's bit for bit (which the float64 tests check)."""
     from lightning_attn2_cuda import interface
 
