@@ -32,11 +32,11 @@ SHAPES = {
 }
 
 
-def make_problem(shape, dtype, device, decay):
+def make_problem(shape, dtype, device, decay, index_dtype=torch.int32):
     batch, heads, lengths, seqlen, dim_qk, dim_v = shape
     cu_seqlens = None
     if lengths is not None:
-        cu_seqlens = torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
+        cu_seqlens = torch.tensor([0] + lengths, device=device).cumsum(0).to(index_dtype)
         seqlen = sum(lengths)
     num_seqs = batch if lengths is None else len(lengths)
     q, k = (torch.randn(batch, heads, seqlen, dim_qk, device=device, dtype=dtype) for _ in range(2))

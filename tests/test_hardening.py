@@ -6,28 +6,24 @@ import torch
 
 from conftest import requires_cuda
 from lightning_attn2_cuda import build_slopes, lightning_attn, lightning_attn_decode
+from test_features import make_problem, run_with_grads
 
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 
 
 def everything(q, k, v, slope, state, cu_seqlens, dout, d_final):
     """o, the final state and every gradient of one call."""
-    inputs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, slope, state)]
-    o, final = lightning_attn(
-        *inputs[:3], inputs[3], 0.5, initial_state=inputs[4], output_final_state=True, cu_seqlens=cu_seqlens
-    )
-    grads = torch.autograd.grad((o.float() * dout.float()).sum() + (final * d_final).sum(), inputs)
+    o, final, grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
     return [o, final, *grads]
 
 
 def packed_problem(device, dtype=torch.bfloat16):
-    lengths = [700, 0, 3, 2600, 65]
-    cu_seqlens = torch.tensor([0] + lengths, device=device).cumsum(0)
-    q, k = (torch.randn(1, 2, sum(lengths), 64, device=device, dtype=dtype) for _ in range(2))
-    v = torch.randn(1, 2, sum(lengths), 48, device=device, dtype=dtype)
-    state = torch.randn(len(lengths), 2, 64, 48, device=device)
-    dout = torch.randn(1, 2, sum(lengths), 48, device=device, dtype=dtype)
-    return q, k, v, build_slopes(2).to(device), state, cu_seqlens, dout, torch.randn_like(state)
+    """Packed sequences (int64 cu_seqlens, an empty one among them) with the
+    gradients flowing into o and the final state."""
+    shape = (1, 2, [700, 0, 3, 2600, 65], None, 64, 48)
+    q, k, v, slope, state, cu_seqlens = make_problem(shape, dtype, device, "alibi", index_dtype=torch.int64)
+    dout = torch.randn(*q.shape[:3], v.shape[3], device=device, dtype=dtype)
+    return q, k, v, slope, state, cu_seqlens, dout, torch.randn_like(state)
 
 
 @pytest.mark.parametrize("device", DEVICES)
