@@ -64,6 +64,10 @@ def _check_index_tensor(name, x, q, length, meaning):
     if x.dim() != 1 or (length is not None and x.shape[0] != length):
         expected = f"({length},)" if length is not None else "1-D"
         raise ValueError(f"{name} must have shape {expected} ({meaning}), got {tuple(x.shape)}")
+    _check_on_q_device(name, x, q)
+
+
+def _check_on_q_device(name, x, q):
     if x.device != q.device:
         raise ValueError(f"{name} must be on q's device {q.device}, got {x.device}")
 
@@ -71,8 +75,7 @@ def _check_index_tensor(name, x, q, length, meaning):
 def _check_same(name, x, q):
     if x.dtype != q.dtype:
         raise TypeError(f"{name} must have q's dtype {q.dtype}, got {x.dtype}")
-    if x.device != q.device:
-        raise ValueError(f"{name} must be on q's device {q.device}, got {x.device}")
+    _check_on_q_device(name, x, q)
 
 
 def _check_qkv(q, k, v, qk_dims, v_dims):
@@ -129,8 +132,7 @@ def _check_slope(slope, q, heads):
         raise ValueError(
             f"slope must have shape ({heads},) or ({heads}, 1, 1) for H = {heads}, got {tuple(slope.shape)}"
         )
-    if slope.device != q.device:
-        raise ValueError(f"slope must be on q's device {q.device}, got {slope.device}")
+    _check_on_q_device("slope", slope, q)
     rates = slope.reshape(heads)
     if q.is_cuda:
         rates = rates.detach().to(torch.float32).contiguous()
@@ -183,8 +185,7 @@ def _check_state(name, state, q, shape):
         )
     if tuple(state.shape) != shape:
         raise ValueError(f"{name} must have shape {shape} [N, H, D, E], got {tuple(state.shape)}")
-    if state.device != q.device:
-        raise ValueError(f"{name} must be on q's device {q.device}, got {state.device}")
+    _check_on_q_device(name, state, q)
 
 
 def _to_bhnd(x, layout):
@@ -462,8 +463,7 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
         raise ValueError(
             f"state_cache must have shape [S, {heads}, {dim_qk}, {dim_v}] [S, H, D, E], got {tuple(state_cache.shape)}"
         )
-    if state_cache.device != q.device:
-        raise ValueError(f"state_cache must be on q's device {q.device}, got {state_cache.device}")
+    _check_on_q_device("state_cache", state_cache, q)
     if state_cache.stride(3) != 1 and dim_v > 1:
         raise ValueError(
             "state_cache must have a contiguous last dimension (it is written in place), "
