@@ -202,6 +202,9 @@ def dense_causal_rows(args, ctx):
 VARLEN_TOKENS, VARLEN_HEADS = 65536, 16
 VARLEN_SEQS = [16, 64]  # sequences per packed batch, one table row group each
 DECODE_SHAPES = [(64, 32), (256, 16)]
+# Which --impls select each decode row: ours, and FLA's fused recurrent kernel (its
+# decode path, which no loader names) with either FLA loader.
+DECODE_SELECTED_BY = {"ours": {"ours"}, "fla_fused_recurrent": {"fla_chunk", "fla_fused_chunk"}}
 
 
 def varlen_lengths(seqs):
@@ -259,7 +262,7 @@ def decode_rows(args, ctx):
             return lambda: fused_recurrent_simple_gla(q4, k4, v4, g_gamma=-s, scale=1.0, initial_state=cache,
                                                       output_final_state=True)
         for name, load in (("ours", ours), ("fla_fused_recurrent", fla)):
-            if name.split("_")[0] not in [i.split("_")[0] for i in args.impls]:
+            if not DECODE_SELECTED_BY[name] & set(args.impls):
                 continue
             row = {"case": "decode", "impl": name, "B": b, "H": h, "D": D, "E": E, "dtype": "bf16",
                    "state_bytes": state_bytes, "ms": None, "gpu": ctx["gpu"], "copy_tbps": ctx["copy_tbps"]}
