@@ -15,8 +15,9 @@ visible. To add rows, write a function that returns rows and append it to CASES.
 
 Two more tables:
 - varlen: 16 packed sequences of mixed lengths totalling 65536 tokens, H = 16, [1, T, H, D]
-  with cu_seqlens (ours and FLA chunk_simple_gla), beside ours on the same tokens as an
-  equal-length batch of 16 x 4096; then the same for 64 shorter sequences (64 x 1024).
+  with cu_seqlens (ours, without and with max_seqlen, and FLA chunk_simple_gla), beside ours
+  on the same tokens as an equal-length batch of 16 x 4096; then the same for 64 shorter
+  sequences (64 x 1024).
 - decode: one token per sequence against fp32 states (B64 H32 and B256 H16): ours
   lightning_attn_decode updating the cache in place, FLA fused_recurrent_simple_gla with
   initial_state and output_final_state. Reported as state bytes read + written per second
@@ -226,20 +227,24 @@ def varlen_rows_of(seqs, args, ctx):
     cu = torch.tensor([0] + lengths, device="cuda").cumsum(0)
     s = alibi_slopes(VARLEN_HEADS)
 
-    def ours_packed():
+    def ours_packed(max_seqlen=None):
         import lightning_attn2_cuda
         cu32 = cu.to(torch.int32)
-        return lambda q, k, v: lightning_attn2_cuda.lightning_attn(q, k, v, s, 1.0, cu_seqlens=cu32, layout="BNHD")
+        return lambda q, k, v: lightning_attn2_cuda.lightning_attn(
+            q, k, v, s, 1.0, cu_seqlens=cu32, max_seqlen=max_seqlen, layout="BNHD"
+        )
 
     def fla_packed():
         from fla.ops.simple_gla import chunk_simple_gla
         return lambda q, k, v: chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0, cu_seqlens=cu)[0]
 
     impls = {"ours": (ours_packed, (1, VARLEN_TOKENS), "BTHD"),
+             "ours_max_seqlen": (lambda: ours_packed(max(lengths)), (1, VARLEN_TOKENS), "BTHD"),
              "ours_equal_length": (lambda: LOADERS["ours"](s), (seqs, VARLEN_TOKENS // seqs), "BHND"),
              "fla_chunk": (fla_packed, (1, VARLEN_TOKENS), "BTHD")}
+    selected_by = {"ours_max_seqlen": "ours", "ours_equal_length": "ours"}  # rows that --impls ours adds
     return [timed_row("varlen", name, b, VARLEN_HEADS, n, load, layout, args, ctx, seqs=seqs, lengths=lengths)
-            for name, (load, (b, n), layout) in impls.items() if name.removesuffix("_equal_length") in args.impls]
+            for name, (load, (b, n), layout) in impls.items() if selected_by.get(name, name) in args.impls]
 
 
 def decode_rows(args, ctx):

@@ -78,7 +78,7 @@ la2::StridedTensor strided(const at::Tensor& t) { return {t.data_ptr(), t.stride
 // sequence, in time order or reversed.
 la2::LinearAttnParams sweep(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
                             const OptionalTensor& slope, double scale, double kv_scale, bool reversed,
-                            const OptionalTensor& cu_seqlens) {
+                            const OptionalTensor& cu_seqlens, int64_t max_seqlen) {
     la2::LinearAttnParams p{};
     p.q = strided(q);
     p.k = strided(k);
@@ -98,6 +98,7 @@ la2::LinearAttnParams sweep(const at::Tensor& q, const at::Tensor& k, const at::
         p.cu_seqlens = cu_seqlens->data_ptr();
         p.cu_seqlens_int64 = cu_seqlens->scalar_type() == at::kLong;
     }
+    p.max_seqlen = cu_seqlens.has_value() && max_seqlen >= 0 ? static_cast<int>(std::min(max_seqlen, q.size(2))) : -1;
     return p;
 }
 
@@ -114,7 +115,7 @@ void run(const la2::LinearAttnParams* problems, int num_problems, const at::Tens
 // Writes o, and final_state when given (outputs are preallocated by the caller).
 void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptionalTensor& slope,
              double scale, at::Tensor& o, const OptionalTensor& initial_state, const OptionalTensor& final_state,
-             const OptionalTensor& cu_seqlens) {
+             const OptionalTensor& cu_seqlens, int64_t max_seqlen) {
     check_tensor(q, "q", q);
     check_tensor(k, "k", q);
     check_tensor(v, "v", q);
@@ -122,7 +123,7 @@ void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, cons
     TORCH_CHECK(k.size(3) == q.size(3) && o.size(3) == v.size(3), "head dims of q/k and v/o must agree");
     check_slope(slope, q, q.size(1));
     const c10::cuda::CUDAGuard guard(q.device());
-    la2::LinearAttnParams problem = sweep(q, k, v, o, slope, scale, 1.0, /*reversed=*/false, cu_seqlens);
+    la2::LinearAttnParams problem = sweep(q, k, v, o, slope, scale, 1.0, /*reversed=*/false, cu_seqlens, max_seqlen);
     const int64_t seqs = problem.num_seqs, dim_qk = q.size(3), dim_v = v.size(3);
     problem.initial_state = state_tensor(initial_state, "initial_state", q, seqs, dim_qk, dim_v, false);
     problem.final_state = state_tensor(final_state, "final_state", q, seqs, dim_qk, dim_v, false);
@@ -147,7 +148,7 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
               const OptionalTensor& slope, double scale, const OptionalTensor& dq, const OptionalTensor& dk,
               const OptionalTensor& dv, const OptionalTensor& initial_state, const OptionalTensor& d_final_state,
               const OptionalTensor& g0, const OptionalTensor& dq_decay, const OptionalTensor& final_decay,
-              const OptionalTensor& derivative_scale, const OptionalTensor& cu_seqlens) {
+              const OptionalTensor& derivative_scale, const OptionalTensor& cu_seqlens, int64_t max_seqlen) {
     check_tensor(q, "q", q);
     check_tensor(k, "k", q);
     check_tensor(v, "v", q);
@@ -167,7 +168,7 @@ void backward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
         check_tensor(out, name, q);
         TORCH_CHECK(out.size(3) == head_dim, name, " must have head dim ", head_dim, ", got ", out.size(3));
         la2::LinearAttnParams& p = problems[num_problems++];
-        p = sweep(a, b, c, out, slope, out_scale, kv_scale, reversed, cu_seqlens);
+        p = sweep(a, b, c, out, slope, out_scale, kv_scale, reversed, cu_seqlens, max_seqlen);
         return p;
     };
     if (dq.has_value()) {
@@ -258,11 +259,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "Lightning Attention-2 CUDA kernels (use lightning_attn2_cuda.lightning_attn)";
     m.def("forward", &forward, "o (and final_state) of lightning attention, preallocated", py::arg("q"),
           py::arg("k"), py::arg("v"), py::arg("slope"), py::arg("scale"), py::arg("o"), py::arg("initial_state"),
-          py::arg("final_state"), py::arg("cu_seqlens"));
+          py::arg("final_state"), py::arg("cu_seqlens"), py::arg("max_seqlen"));
     m.def("backward", &backward, "dq, dk, dv (and G_0, the slope derivative) of lightning attention, preallocated",
           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dout"), py::arg("slope"), py::arg("scale"), py::arg("dq"),
           py::arg("dk"), py::arg("dv"), py::arg("initial_state"), py::arg("d_final_state"), py::arg("g0"),
-          py::arg("dq_decay"), py::arg("final_decay"), py::arg("derivative_scale"), py::arg("cu_seqlens"));
+          py::arg("dq_decay"), py::arg("final_decay"), py::arg("derivative_scale"), py::arg("cu_seqlens"),
+          py::arg("max_seqlen"));
     m.def("_set_poison_workspace", [](bool on) { poison_workspace = on; }, "tests: fill scratch with NaN");
     m.def("_set_relay_segment_cap", &la2::set_relay_segment_cap, "tests: cut chunks between CTAs (0: off)");
     m.def("decode", &decode, "one decode step: o, and state_cache updated in place", py::arg("q"), py::arg("k"),

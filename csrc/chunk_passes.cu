@@ -1,5 +1,6 @@
-// The two small passes around the sweep (see ChunkPlan in launch.h): packing
-// variable-length sequences into chunks, and the prefix over chunk states.
+// The two small passes around the sweep (see ChunkPlan and RelayWorkspace in
+// launch.h): preparing a launch (the relay's flags zeroed, variable-length sequences
+// packed into chunks), and the prefix over chunk states.
 #include <cstdint>
 
 #include "kernel_traits.h"
@@ -40,12 +41,16 @@ __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
     return exclusive;
 }
 
-// One CTA per packed problem (blockIdx.y). seq_start is cu_seqlens clamped to
-// [0, seqlen] and made non-decreasing (a no-op for valid input, which the Python
-// side checks; invalid input then cannot send the sweep out of bounds).
-// chunk_start and relay_start are the exclusive sums of the sequences' chunk
-// counts and relay costs; longest_chunk the largest cost of one chunk.
-__global__ void __launch_bounds__(kPackThreads) pack_sequences_kernel(const __grid_constant__ LinearAttnBatch batch) {
+// One CTA per problem (blockIdx.y). The first zeroes the relay's flags and ticket
+// (flag_count ints); a packed problem's CTA packs its sequences. seq_start is
+// cu_seqlens clamped to [0, seqlen] and made non-decreasing (a no-op for valid
+// input, which the Python side checks; invalid input then cannot send the sweep
+// out of bounds). chunk_start and relay_start are the exclusive sums of the
+// sequences' chunk counts and relay costs; longest_chunk the largest cost of one chunk.
+__global__ void __launch_bounds__(kPackThreads)
+    prepare_relay_kernel(const __grid_constant__ LinearAttnBatch batch, int flag_count) {
+    if (blockIdx.y == 0)
+        for (int i = threadIdx.x; i < flag_count; i += kPackThreads) batch.relay.handoff_ready[i] = 0;
     const LinearAttnParams& p = batch.problems[blockIdx.y];
     const ChunkPlan& plan = batch.chunks[blockIdx.y];
     if (p.cu_seqlens == nullptr) return;
@@ -137,8 +142,8 @@ __global__ void __launch_bounds__(kPrefixThreads)
 
 }  // namespace
 
-cudaError_t launch_pack_sequences(const LinearAttnBatch& batch, cudaStream_t stream) {
-    pack_sequences_kernel<<<dim3(1, batch.num_problems), kPackThreads, 0, stream>>>(batch);
+cudaError_t launch_prepare_relay(const LinearAttnBatch& batch, int flag_count, cudaStream_t stream) {
+    prepare_relay_kernel<<<dim3(1, batch.num_problems), kPackThreads, 0, stream>>>(batch, flag_count);
     return cudaGetLastError();
 }
 

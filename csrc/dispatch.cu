@@ -167,6 +167,10 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
         // any longer chunk; the cap keeps chunk_blocks * kBlockN within an int however
         // many sequences there are.
         plan.chunk_blocks = int(std::min(chunk_blocks, seq_blocks + 1));
+        // A known longest sequence that fits one chunk: cut none (seq_blocks + 1 blocks),
+        // and the state and prefix passes are not launched.
+        if (p.max_seqlen >= 0 && (p.max_seqlen + kSweepBlockN - 1) / kSweepBlockN <= plan.chunk_blocks)
+            plan.chunk_blocks = int(seq_blocks + 1);
         plan.chunks_per_seq = 0;
         plan.state_chunks = p.seqlen / (int64_t(plan.chunk_blocks) * kSweepBlockN);
         const size_t entries = size_t(p.num_seqs) + 1;
@@ -206,7 +210,7 @@ struct LaunchGroup {
     int v_tiles_per_head;
     int relay_segments;
     size_t relay_state_bytes;  // handoff_states
-    size_t relay_flag_bytes;   // handoff_ready and next_ticket, zeroed before the output pass
+    size_t relay_flag_bytes;   // handoff_ready and next_ticket, zeroed by the preparing pass
 };
 
 struct CallPlan {
@@ -307,19 +311,19 @@ cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems, 
         const LaunchGroup& group = call.groups[g];
         LinearAttnBatch batch{};
         batch.state_elems = group.tiles.head_dim_qk * group.tiles.tile_v;
-        bool any_packed = false, any_chunked = false;
+        bool any_chunked = false;
         for (int m = 0; m < group.num_members; ++m) {
             const int j = group.members[m];
             batch.problems[batch.num_problems] = problems[j];
             batch.chunks[batch.num_problems] = chunks[j];
             batch.v_tiles[batch.num_problems++] = call.sweeps[j].v_tiles;
-            any_packed |= problems[j].cu_seqlens != nullptr;
             any_chunked |= chunks[j].chunked;
         }
         int* flags = reinterpret_cast<int*>(relay + group.relay_state_bytes);
         batch.relay = {reinterpret_cast<float*>(relay), flags, flags + group.relay_segments * group.v_tiles_per_head,
                        group.relay_segments};
-        if (any_packed && (err = launch_pack_sequences(batch, stream)) != cudaSuccess) return err;
+        if ((err = launch_prepare_relay(batch, int(group.relay_flag_bytes / sizeof(int)), stream)) != cudaSuccess)
+            return err;
         if (any_chunked) {
             if ((err = visit_sweep(dtype, group.tiles, [&](auto kernel) {
                      return launch(kernel, batch, SweepPass::kState, stream);
@@ -327,7 +331,6 @@ cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems, 
                 return err;
             if ((err = launch_chunk_prefix(batch, stream)) != cudaSuccess) return err;
         }
-        if ((err = cudaMemsetAsync(flags, 0, group.relay_flag_bytes, stream)) != cudaSuccess) return err;
         if ((err = visit_sweep(dtype, group.tiles, [&](auto kernel) {
                  return launch(kernel, batch, SweepPass::kOutput, stream);
              })) != cudaSuccess)

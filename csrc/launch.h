@@ -25,7 +25,7 @@ struct ChunkPlan {
     int chunks_per_seq;  // equal-length batches: chunks of every sequence
     int64_t state_chunks;  // chunks that are not last in their sequence (a bound for packed sequences)
     bool chunked;        // some sequence may have more than one chunk
-    // Packed sequences (cu_seqlens): filled on the device by the packing pass.
+    // Packed sequences (cu_seqlens): filled on the device by the preparing pass.
     int* seq_start;          // [num_seqs + 1] first token of sequence n, cu_seqlens made safe
     int64_t* chunk_start;    // [num_seqs + 1] index of the first chunk of sequence n
     int64_t* relay_start;    // [num_seqs + 1] relay cost of the sequences before n (see RelayWorkspace)
@@ -50,8 +50,8 @@ struct ChunkPlan {
 // CTAs the GPU runs at once.
 struct RelayWorkspace {
     float* handoff_states;  // [segments][v tiles][states x state slab], fp32
-    int* handoff_ready;     // [segments][v tiles] flags, zero before the launch
-    int* next_ticket;       // zero before the launch
+    int* handoff_ready;     // [segments][v tiles] flags, zeroed by the preparing pass
+    int* next_ticket;       // right after the flags, zeroed with them
     int segments;
 };
 
@@ -74,8 +74,10 @@ cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pas
 template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
 int linear_attn_sweep_ctas_per_sm();
 
-// seq_start, chunk_start, relay_start and longest_chunk of every packed problem of the batch.
-cudaError_t launch_pack_sequences(const LinearAttnBatch& batch, cudaStream_t stream);
+// The preparing pass, first of every launch group: zeroes the relay's flag_count
+// flags and ticket, and fills seq_start, chunk_start, relay_start and longest_chunk
+// of every packed problem of the batch.
+cudaError_t launch_prepare_relay(const LinearAttnBatch& batch, int flag_count, cudaStream_t stream);
 // The prefix pass over chunk_states.
 cudaError_t launch_chunk_prefix(const LinearAttnBatch& batch, cudaStream_t stream);
 

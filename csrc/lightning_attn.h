@@ -67,6 +67,10 @@ struct LinearAttnParams {
     const void* cu_seqlens;  // [num_seqs + 1], int32 or int64, on the device
     bool cu_seqlens_int64;
     int num_seqs;  // batch, or the number of packed sequences
+    // Packed sequences: the longest one's token count as the caller knows it, or -1.
+    // Only the plan reads it (no sequence is cut when it fits one chunk); a value
+    // below the truth costs speed, never correctness.
+    int max_seqlen;
     StateTensor initial_state;  // [num_seqs, heads, dim_qk, dim_v]
     bool initial_state_undecayed;
     bool decay_derivative;

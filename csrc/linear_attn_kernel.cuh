@@ -42,6 +42,63 @@ struct KeyDecay {
     __device__ __forceinline__ float operator()(int s) const { return mask(valid - 1 - s); }
 };
 
+// A piece of a CTA's work in shared memory, with where its tokens lie: the
+// offsets (elements) from q, k, v and o's pointers to its sequence's first token in
+// the sweep's direction of time (v and o at the CTA's first column), and the steps
+// between tokens in that direction.
+struct StagedPiece {
+    SweepPiece piece;
+    int64_t offset[4];  // q, k, v, o
+    int64_t step[4];
+    bool vectorized;     // the q, k and v tiles load by 16-byte cp.async
+    bool paired_stores;  // o takes two elements per store
+    bool valid;          // false: no piece
+};
+
+template <typename T, int kTileV>
+__device__ __forceinline__ void locate_tokens(const LinearAttnBatch& batch, int v_tile, StagedPiece& x) {
+    const LinearAttnParams& p = batch.problems[x.piece.problem];
+    const SequenceChunk& work = x.piece.work;
+    const int64_t first_in_time = p.reversed ? work.first_token + work.length - 1 : work.first_token;
+    const StridedTensor* tensors[4] = {&p.q, &p.k, &p.v, &p.o};
+    for (int i = 0; i < 4; ++i) {
+        const StridedTensor& tensor = *tensors[i];
+        x.offset[i] = work.batch * tensor.batch_stride + x.piece.head * tensor.head_stride +
+                      first_in_time * tensor.seq_stride + (i >= 2 ? v_tile * kTileV : 0);
+        x.step[i] = p.reversed ? -tensor.seq_stride : tensor.seq_stride;
+    }
+    auto aligned16 = [&](int i) {
+        return is_aligned16(static_cast<const T*>(tensors[i]->ptr) + x.offset[i], x.step[i] * int64_t(sizeof(T)));
+    };
+    x.vectorized = aligned16(0) && aligned16(1) && aligned16(2);
+    x.paired_stores =
+        reinterpret_cast<uintptr_t>(static_cast<const T*>(p.o.ptr) + x.offset[3]) % (2 * sizeof(T)) == 0 &&
+        x.step[3] % 2 == 0;
+}
+
+// Block `block` of a staged piece into shared memory: its q (when with_q), k and v
+// tiles, zero past the sequence's end and past the head dims; one cp.async group.
+template <class Traits, typename T = typename Traits::Element>
+__device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, const StagedPiece& x, int block,
+                                                 int v_col0, bool with_q, T* sQ, T* sK, T* sV) {
+    constexpr int kBlockN = Traits::kBlockN;
+    const LinearAttnParams& p = batch.problems[x.piece.problem];
+    const int64_t first = int64_t(block) * kBlockN;
+    const int valid = min(kBlockN, x.piece.work.length - block * kBlockN);
+    auto src = [&](const StridedTensor& tensor, int i) {
+        return static_cast<const T*>(tensor.ptr) + x.offset[i] + first * x.step[i];
+    };
+    if (with_q) {
+        load_tile<kBlockN, Traits::kHeadDimQK, Traits::kThreads>(sQ, Traits::kLdQK, src(p.q, 0), x.step[0], valid,
+                                                                 p.dim_qk, x.vectorized);
+    }
+    load_tile<kBlockN, Traits::kHeadDimQK, Traits::kThreads>(sK, Traits::kLdQK, src(p.k, 1), x.step[1], valid, p.dim_qk,
+                                                             x.vectorized);
+    load_tile<kBlockN, Traits::kTileV, Traits::kThreads>(sV, Traits::kLdV, src(p.v, 2), x.step[2], valid,
+                                                         min(Traits::kTileV, p.dim_v - v_col0), x.vectorized);
+    cp_async_commit();
+}
+
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads)
     linear_attn_sweep_kernel(const __grid_constant__ LinearAttnBatch batch, SweepPass pass, int heads,
@@ -69,36 +126,44 @@ __global__ void __launch_bounds__(Traits::kThreads)
     const int state_row0 = (warp % Traits::kStateWarpsAlongD) * Traits::kStateRowsPerWarp;
     const int state_col0 = (warp / Traits::kStateWarpsAlongD) * Traits::kStateColsPerWarp;
     // The piece in hand lives in shared memory, written by thread 0 between
-    // barriers: no register holds it across the sweep. Pieces of problems with
-    // fewer v slices than this CTA's are skipped.
-    __shared__ SweepPiece piece;
+    // barriers: no register holds it across the sweep. Pieces of problems with fewer
+    // v slices than this CTA's are skipped.
+    __shared__ StagedPiece staged;
     __shared__ RelaySegment segment;
-    __shared__ bool has_piece;
     __shared__ int v_tile;
-    auto take_next_piece = [&]() {
+    // The (problem, head) whose decay tables are in shared memory; -1: none yet.
+    __shared__ int tables_problem, tables_head;
+    // Thread 0: the segment's next piece into `out` (out.valid false at its end).
+    auto stage_next_piece = [&](StagedPiece& out) {
         bool found;
-        do found = segment.next(batch, piece);
-        while (found && v_tile >= batch.v_tiles[piece.problem]);
-        return found;
+        do found = segment.next(batch, out.piece);
+        while (found && v_tile >= batch.v_tiles[out.piece.problem]);
+        out.valid = found;
+        if (found) locate_tokens<T, kTileV>(batch, v_tile, out);
     };
     if (threadIdx.x == 0) {
+        tables_problem = tables_head = -1;
         if (state_pass) {
             v_tile = blockIdx.x % v_tiles_per_head;
+            SweepPiece& piece = staged.piece;
             piece.problem = blockIdx.y;
             piece.head = (blockIdx.x / v_tiles_per_head) % heads;
             const LinearAttnParams& p = batch.problems[piece.problem];
             const ChunkPlan& plan = batch.chunks[piece.problem];
-            has_piece = v_tile < batch.v_tiles[piece.problem] && piece.head < p.heads &&
-                        locate_state_chunk(p, plan, blockIdx.x / v_tiles_per_head / heads, piece.work);
-            piece.first_block = piece.work.chunk * plan.chunk_blocks;
-            piece.end_block = piece.first_block + plan.chunk_blocks;
-            piece.starts_chunk = true;
-            piece.handoff_to = -1;
+            staged.valid = v_tile < batch.v_tiles[piece.problem] && piece.head < p.heads &&
+                           locate_state_chunk(p, plan, blockIdx.x / v_tiles_per_head / heads, piece.work);
+            if (staged.valid) {
+                piece.first_block = piece.work.chunk * plan.chunk_blocks;
+                piece.end_block = piece.first_block + plan.chunk_blocks;
+                piece.starts_chunk = true;
+                piece.handoff_to = -1;
+                locate_tokens<T, kTileV>(batch, v_tile, staged);
+            }
         } else {
             const int ticket = atomicAdd(batch.relay.next_ticket, 1);
             v_tile = ticket % v_tiles_per_head;
             segment = RelaySegment::of(batch, batch.relay.segments - 1 - ticket / v_tiles_per_head);
-            has_piece = take_next_piece();
+            stage_next_piece(staged);
         }
     }
     __syncthreads();
@@ -114,7 +179,9 @@ __global__ void __launch_bounds__(Traits::kThreads)
     const MaskedDecay<kBlockN> mask{masked_decay};
     const MaskedDecay<kBlockN> mask_derivative{masked_decay + 2 * kBlockN};
 
-    while (has_piece) {
+    while (staged.valid) {
+        const StagedPiece& in_hand = staged;
+        const SweepPiece& piece = in_hand.piece;
         const LinearAttnParams& p = batch.problems[piece.problem];
         const ChunkPlan& plan = batch.chunks[piece.problem];
         const int h = piece.head;
@@ -124,49 +191,28 @@ __global__ void __launch_bounds__(Traits::kThreads)
         const bool last_chunk = chunk == work.num_chunks - 1;
         const int first_block = piece.first_block;
         const int end_block = piece.end_block;
-
-        // Token j of this sequence is at seq_ptr(x) + j * seq_step(x), in the sweep's
-        // direction of time.
-        const int64_t first_in_time = p.reversed ? work.first_token + work.length - 1 : work.first_token;
-        auto seq_ptr = [&](const StridedTensor& x) {
-            return static_cast<T*>(x.ptr) + work.batch * x.batch_stride + h * x.head_stride + first_in_time * x.seq_stride;
-        };
-        auto seq_step = [&](const StridedTensor& x) { return p.reversed ? -x.seq_stride : x.seq_stride; };
-        const T* q = seq_ptr(p.q);
-        const T* k = seq_ptr(p.k);
-        const T* v = seq_ptr(p.v) + v_col0;
-        T* o = seq_ptr(p.o) + v_col0;
-        const int64_t q_step = seq_step(p.q), k_step = seq_step(p.k), v_step = seq_step(p.v), o_step = seq_step(p.o);
         const int v_cols = min(kTileV, p.dim_v - v_col0);
-        const bool vectorized = is_aligned16(q, q_step * int64_t(sizeof(T))) && is_aligned16(k, k_step * int64_t(sizeof(T))) &&
-                                is_aligned16(v, v_step * int64_t(sizeof(T)));
-        const bool paired_stores = (reinterpret_cast<uintptr_t>(o) % (2 * sizeof(T)) == 0) && (o_step % 2 == 0);
-        // Where this piece's tokens start in q, k, v and o (elements from the tensor's
-        // pointer) and their steps, in shared memory: read where the tiles are loaded
-        // and stored, so that no register holds them across the block's products.
-        __shared__ int64_t tile_offset[4], tile_step[4];
-        if (threadIdx.x == 0) {
-            tile_offset[0] = q - static_cast<const T*>(p.q.ptr);
-            tile_offset[1] = k - static_cast<const T*>(p.k.ptr);
-            tile_offset[2] = v - static_cast<const T*>(p.v.ptr);
-            tile_offset[3] = o - static_cast<T*>(p.o.ptr);
-            tile_step[0] = q_step;
-            tile_step[1] = k_step;
-            tile_step[2] = v_step;
-            tile_step[3] = o_step;
-        }
-        __syncthreads();
+
+        // Block `block` of the piece into load stage `stage` (one cp.async group).
+        auto load_block = [&](int block, int stage) {
+            load_block_tiles<Traits>(batch, in_hand, block, v_col0, !state_pass, sQ + stage * Traits::kQKTileElems,
+                                     sK + stage * Traits::kQKTileElems, sV + stage * Traits::kVTileElems);
+        };
+        // The first block loads while the decay tables and the state are set up.
+        if (first_block < end_block) load_block(first_block, 0);
 
         // Lambda, the decay matrix of Algorithm 1, as a table of powers lambda^i.
         // Every decay factor is one of them (never lambda^-i, which overflows).
         const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
-        for (int i = threadIdx.x; i <= kBlockN; i += kThreads) decay_pow[i] = float(exp(-slope * i));
         const float derivative_scale = kDerivative ? p.derivative_scale[h] : 1.f;
-        for (int i = threadIdx.x; i < 2 * kBlockN; i += kThreads) {
-            const int distance = i - (kBlockN - 1);
-            const float decay = distance >= 0 ? p.kv_scale * float(exp(-slope * distance)) : 0.f;
-            masked_decay[i] = decay;
-            if constexpr (kDerivative) masked_decay[2 * kBlockN + i] = derivative_scale * float(distance) * decay;
+        if (tables_problem != piece.problem || tables_head != h) {
+            for (int i = threadIdx.x; i <= kBlockN; i += kThreads) decay_pow[i] = float(exp(-slope * i));
+            for (int i = threadIdx.x; i < 2 * kBlockN; i += kThreads) {
+                const int distance = i - (kBlockN - 1);
+                const float decay = distance >= 0 ? p.kv_scale * float(exp(-slope * distance)) : 0.f;
+                masked_decay[i] = decay;
+                if constexpr (kDerivative) masked_decay[2 * kBlockN + i] = derivative_scale * float(distance) * decay;
+            }
         }
 
         // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
@@ -254,23 +300,6 @@ __global__ void __launch_bounds__(Traits::kThreads)
         }
 
         // ---- Algorithm 1's steps for the block in shared memory
-        auto load_block = [&](int block, int stage) {
-            const int64_t first = int64_t(block) * kBlockN;
-            const int valid = min(kBlockN, work.length - block * kBlockN);
-            auto src = [&](const StridedTensor& x, int i) {
-                return static_cast<const T*>(x.ptr) + tile_offset[i] + first * tile_step[i];
-            };
-            if (!state_pass) {
-                load_tile<kBlockN, kHeadDimQK, kThreads>(sQ + stage * Traits::kQKTileElems, kLdQK, src(p.q, 0),
-                                                         tile_step[0], valid, p.dim_qk, vectorized);
-            }
-            load_tile<kBlockN, kHeadDimQK, kThreads>(sK + stage * Traits::kQKTileElems, kLdQK, src(p.k, 1), tile_step[1],
-                                                     valid, p.dim_qk, vectorized);
-            load_tile<kBlockN, kTileV, kThreads>(sV + stage * Traits::kVTileElems, kLdV, src(p.v, 2), tile_step[2], valid,
-                                                 v_cols, vectorized);
-            cp_async_commit();
-        };
-
         // O_i = Lambda Q_i KV + kv_scale [(Q_i K_i^T) . M] V_i for this warp's 16 rows,
         // where KV is the state after block i-1, row t of Lambda is lambda^(t+1-shift)
         // (shift 1 only for an undecayed initial state, see LinearAttnParams), and
@@ -321,13 +350,13 @@ __global__ void __launch_bounds__(Traits::kThreads)
                 const int tq = row0 + g + 8 * half;
                 if (tq < valid) {
                     T* orow =
-                        static_cast<T*>(p.o.ptr) + tile_offset[3] + (int64_t(block) * kBlockN + tq) * tile_step[3];
+                        static_cast<T*>(p.o.ptr) + in_hand.offset[3] + (int64_t(block) * kBlockN + tq) * in_hand.step[3];
 #pragma unroll
                     for (int j = 0; j < kVTiles; ++j) {
                         const int c = 8 * j + 2 * t;
                         const float x0 = p.scale * acc_o[0][j][2 * half];
                         const float x1 = p.scale * acc_o[0][j][2 * half + 1];
-                        if (paired_stores && c + 1 < v_cols) {
+                        if (in_hand.paired_stores && c + 1 < v_cols) {
                             store_pair(orow + c, x0, x1);
                         } else {
                             if (c < v_cols) orow[c] = from_float<T>(x0);
@@ -358,7 +387,6 @@ __global__ void __launch_bounds__(Traits::kThreads)
         };
 
         // ---- the sweep over this piece's blocks, loads double-buffered for 16-bit types
-        if (first_block < end_block) load_block(first_block, 0);
         for (int block = first_block; block < end_block; ++block) {
             const int stage = (block - first_block) % kStages;
             if constexpr (kStages == 2) {
@@ -412,7 +440,12 @@ __global__ void __launch_bounds__(Traits::kThreads)
             });
         }
         __syncthreads();  // every thread is done with this piece
-        if (threadIdx.x == 0) has_piece = !state_pass && take_next_piece();
+        if (threadIdx.x == 0) {
+            tables_problem = piece.problem;
+            tables_head = h;
+            if (state_pass) staged.valid = false;  // it has one piece
+            else stage_next_piece(staged);
+        }
         __syncthreads();
     }
 }

@@ -103,11 +103,18 @@ __host__ __device__ __forceinline__ int longest_chunk(const LinearAttnParams& p,
     return *plan.longest_chunk;
 }
 
-// One CTA's segment of the line, handed out piece by piece in line order.
+// One CTA's segment of the line, handed out piece by piece in line order. The
+// job under the first piece is found by a search of the line; each later one is
+// the job after it (a cursor), so that a piece costs no chain of dependent loads.
 struct RelaySegment {
     int64_t position;  // of the next piece
     int64_t end;
     int segment;
+    // The job under `position` once located: problem, head, sequence, chunk, and
+    // where it starts on the line.
+    bool located;
+    int problem, head, seq, chunk;
+    int64_t job_start;
 
     // Segment `index` of the line over all the batch's problems, cut into
     // relay.segments equal parts no shorter than the longest chunk.
@@ -119,47 +126,25 @@ struct RelaySegment {
             longest = std::max(longest, longest_chunk(batch.problems[i], batch.chunks[i]));
         }
         const int64_t length = std::max(int64_t(longest), (line + batch.relay.segments - 1) / batch.relay.segments);
-        RelaySegment out;
+        RelaySegment out{};
         out.segment = index;
         out.position = std::min(line, int64_t(index) * length);
         out.end = std::min(line, out.position + length);
+        out.located = false;
         return out;
     }
 
     // The next piece of the segment; false at its end.
     __host__ __device__ __forceinline__ bool next(const LinearAttnBatch& batch, SweepPiece& piece) {
         if (position >= end) return false;
-        // The job under `position`: problem, head, sequence n, chunk c.
-        int64_t x = position;
-        int problem = 0;
-        int64_t per_head = relay_cost_per_head(batch.problems[0], batch.chunks[0]);
-        while (x >= batch.problems[problem].heads * per_head) {
-            x -= batch.problems[problem].heads * per_head;
-            ++problem;
-            per_head = relay_cost_per_head(batch.problems[problem], batch.chunks[problem]);
-        }
+        if (!located) locate(batch);
         const LinearAttnParams& p = batch.problems[problem];
         const ChunkPlan& plan = batch.chunks[problem];
-        const int head = int(x / per_head);
-        const int64_t y = x % per_head;
-        int n;
-        int64_t into_seq;  // cost units into sequence n
-        if (p.cu_seqlens == nullptr) {
-            const int seq_cost = std::max(1, blocks_of(p.seqlen));
-            n = int(y / seq_cost);
-            into_seq = y % seq_cost;
-        } else {
-            n = last_at_or_before(p.num_seqs, y, [&](int m) { return plan.relay_start[m]; });
-            into_seq = y - plan.relay_start[n];
-        }
-        const int c = int(into_seq / plan.chunk_blocks);
-        const int into_chunk = int(into_seq - int64_t(c) * plan.chunk_blocks);
         piece.problem = problem;
         piece.head = head;
-        piece.work = sequence_chunk(p, plan, n, c);
-        const int chunk_first_block = c * plan.chunk_blocks;
+        piece.work = sequence_chunk(p, plan, seq, chunk);
+        const int chunk_first_block = chunk * plan.chunk_blocks;
         const int chunk_blocks = std::min(plan.chunk_blocks, blocks_of(piece.work.length) - chunk_first_block);
-        const int64_t job_start = position - into_chunk;
         const int64_t job_end = job_start + std::max(1, chunk_blocks);
         // The part of the chunk in this segment; what lies past the segment ran
         // first, at the start of the next segment.
@@ -171,7 +156,52 @@ struct RelaySegment {
         piece.handoff_from = segment + 1;
         piece.handoff_to = position > job_start ? segment : -1;
         position = piece_end;
+        if (position == job_end) advance(batch, piece.work.num_chunks);
         return true;
+    }
+
+  private:
+    // The job under `position`, by a search of the line.
+    __host__ __device__ __forceinline__ void locate(const LinearAttnBatch& batch) {
+        int64_t x = position;
+        problem = 0;
+        int64_t per_head = relay_cost_per_head(batch.problems[0], batch.chunks[0]);
+        while (x >= batch.problems[problem].heads * per_head) {
+            x -= batch.problems[problem].heads * per_head;
+            ++problem;
+            per_head = relay_cost_per_head(batch.problems[problem], batch.chunks[problem]);
+        }
+        const LinearAttnParams& p = batch.problems[problem];
+        const ChunkPlan& plan = batch.chunks[problem];
+        head = int(x / per_head);
+        const int64_t y = x % per_head;
+        int64_t into_seq;  // cost units into sequence seq
+        if (p.cu_seqlens == nullptr) {
+            const int seq_cost = std::max(1, blocks_of(p.seqlen));
+            seq = int(y / seq_cost);
+            into_seq = y % seq_cost;
+        } else {
+            seq = last_at_or_before(p.num_seqs, y, [&](int m) { return plan.relay_start[m]; });
+            into_seq = y - plan.relay_start[seq];
+        }
+        chunk = int(into_seq / plan.chunk_blocks);
+        job_start = position - (into_seq - int64_t(chunk) * plan.chunk_blocks);
+        located = true;
+    }
+
+    // On to the job after the one ending at `position`: the next chunk of the
+    // sequence (which has num_chunks), sequence, head, or problem (one with jobs).
+    __host__ __device__ __forceinline__ void advance(const LinearAttnBatch& batch, int num_chunks) {
+        job_start = position;
+        if (++chunk < num_chunks) return;
+        chunk = 0;
+        if (++seq < batch.problems[problem].num_seqs) return;
+        seq = 0;
+        if (++head < batch.problems[problem].heads) return;
+        head = 0;
+        do ++problem;
+        while (problem < batch.num_problems &&
+               batch.problems[problem].heads * relay_cost_per_head(batch.problems[problem], batch.chunks[problem]) == 0);
     }
 };
 

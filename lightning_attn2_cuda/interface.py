@@ -148,18 +148,27 @@ def _check_slope(slope, q, heads):
     return rates
 
 
-def _check_cu_seqlens(cu_seqlens, q, total):
-    """cu_seqlens of the packed sequences (FlashAttention's convention); returns their count."""
+def _check_cu_seqlens(cu_seqlens, q, total, max_seqlen):
+    """cu_seqlens of the packed sequences (FlashAttention's convention), and the caller's
+    bound on their lengths if given; returns their count."""
     _check_index_tensor("cu_seqlens", cu_seqlens, q, None, "sequence boundaries [N + 1]")
     if cu_seqlens.shape[0] < 2:
         raise ValueError(f"cu_seqlens must have N + 1 >= 2 entries (at least one sequence), got {cu_seqlens.shape[0]}")
     if q.is_cuda and cu_seqlens.shape[0] - 1 > MAX_CUDA_COUNT:
         raise ValueError(f"cu_seqlens must describe at most {MAX_CUDA_COUNT} sequences, got {cu_seqlens.shape[0] - 1}")
 
+    if max_seqlen is not None:
+        if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
+            raise TypeError(f"max_seqlen must be an int or None, got {type(max_seqlen).__name__}")
+        if not 0 <= max_seqlen <= total:
+            raise ValueError(f"max_seqlen must be in [0, {total}] (the total token count), got {max_seqlen}")
+
     def check():
         first, last = cu_seqlens[0], cu_seqlens[-1]
-        decreasing = (cu_seqlens[1:] < cu_seqlens[:-1]).any()
-        bad_first, bad_last, decreasing = torch.stack([first != 0, last != total, decreasing]).tolist()
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        bound = total if max_seqlen is None else max_seqlen
+        checks = torch.stack([first != 0, last != total, (lengths < 0).any(), lengths.max() > bound])
+        bad_first, bad_last, decreasing, too_long = checks.tolist()
         if bad_first:
             raise ValueError(f"cu_seqlens must start at 0, got {int(first)}")
         if decreasing:
@@ -170,8 +179,13 @@ def _check_cu_seqlens(cu_seqlens, q, total):
             )
         if bad_last:
             raise ValueError(f"cu_seqlens must end at the total token count {total}, got {int(last)}")
+        if too_long:
+            raise ValueError(
+                f"max_seqlen must be at least the longest sequence's length, got {max_seqlen} for a sequence of "
+                f"{int(lengths.max())} tokens"
+            )
 
-    _check_values_once(cu_seqlens, total, check)
+    _check_values_once(cu_seqlens, (total, max_seqlen), check)
     return cu_seqlens.shape[0] - 1
 
 
@@ -193,7 +207,7 @@ def _to_bhnd(x, layout):
     return x if layout == "BHND" else x.transpose(1, 2)
 
 
-def _check_inputs(q, k, v, slope, scale, initial_state, output_final_state, cu_seqlens, layout):
+def _check_inputs(q, k, v, slope, scale, initial_state, output_final_state, cu_seqlens, max_seqlen, layout):
     """Raises TypeError/ValueError naming the bad argument; returns (rates, scale, number of sequences)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -217,7 +231,9 @@ def _check_inputs(q, k, v, slope, scale, initial_state, output_final_state, cu_s
             raise ValueError(
                 f"q must have batch size 1 with cu_seqlens (all sequences packed into one row), got {batch}"
             )
-        num_seqs = _check_cu_seqlens(cu_seqlens, q, seqlen)
+        num_seqs = _check_cu_seqlens(cu_seqlens, q, seqlen, max_seqlen)
+    elif max_seqlen is not None:
+        raise ValueError(f"max_seqlen bounds packed sequences: pass it with cu_seqlens (got max_seqlen={max_seqlen!r})")
     if initial_state is not None:
         _check_state("initial_state", initial_state, q, (num_seqs, heads, dim_qk, dim_v))
     return rates, scale, num_seqs
@@ -276,7 +292,9 @@ class _LightningAttnCUDA(torch.autograd.Function):
     """Inputs and outputs in the caller's layout; the kernels see [B, H, N, dim] views."""
 
     @staticmethod
-    def forward(ctx, q, k, v, slope, initial_state, cu_seqlens, rates, scale, layout, num_seqs, output_final_state):
+    def forward(
+        ctx, q, k, v, slope, initial_state, cu_seqlens, rates, scale, layout, num_seqs, output_final_state, max_seqlen
+    ):
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         o = torch.empty(*q.shape[:3], v.shape[3], dtype=q.dtype, device=q.device)
         qb, kb, vb, ob = (_to_bhnd(x, layout) for x in (q, k, v, o))
@@ -284,9 +302,9 @@ class _LightningAttnCUDA(torch.autograd.Function):
         if output_final_state:
             state_shape = (num_seqs, qb.shape[1], qb.shape[3], vb.shape[3])
             final_state = torch.empty(state_shape, dtype=torch.float32, device=q.device)
-        _C.forward(qb, kb, vb, rates, scale, ob, initial_state, final_state, cu_seqlens)
+        _C.forward(qb, kb, vb, rates, scale, ob, initial_state, final_state, cu_seqlens, max_seqlen)
         ctx.save_for_backward(q, k, v, rates, initial_state, cu_seqlens)
-        ctx.scale, ctx.layout = scale, layout
+        ctx.scale, ctx.layout, ctx.max_seqlen = scale, layout, max_seqlen
         ctx.slope_like = (slope.shape, slope.dtype) if ctx.needs_input_grad[3] else None
         ctx.set_materialize_grads(False)  # no zero tensors for outputs that get no gradient
         return (o, final_state) if output_final_state else o
@@ -326,6 +344,7 @@ class _LightningAttnCUDA(torch.autograd.Function):
             *(None if x is None else _to_bhnd(x, layout) for x in (dq, dk, dv)),
             initial_state, d_final_state, g0,
             None if dq_decay is None else _to_bhnd(dq_decay, layout), final_decay, derivative_scale, cu_seqlens,
+            ctx.max_seqlen,
         )  # fmt: skip
         d_initial = None
         if need_initial:
@@ -337,7 +356,7 @@ class _LightningAttnCUDA(torch.autograd.Function):
         if need_slope:
             d_slope = _slope_gradient(qb, _to_bhnd(dq_decay, layout), d_final_state, final_decay, derivative_scale)
             d_slope = d_slope.reshape(ctx.slope_like[0]).to(ctx.slope_like[1])
-        return dq, dk, dv if need_v else None, d_slope, d_initial, *([None] * 6)
+        return dq, dk, dv if need_v else None, d_slope, d_initial, *([None] * 7)
 
 
 def _cpu_forward(q, k, v, rates, scale, initial_state, cu_seqlens, layout):
@@ -380,7 +399,17 @@ class _LightningAttnCPU(torch.autograd.Function):
 
 
 def lightning_attn(
-    q, k, v, slope=None, scale=1.0, *, initial_state=None, output_final_state=False, cu_seqlens=None, layout="BHND"
+    q,
+    k,
+    v,
+    slope=None,
+    scale=1.0,
+    *,
+    initial_state=None,
+    output_final_state=False,
+    cu_seqlens=None,
+    max_seqlen=None,
+    layout="BHND",
 ):
     """Lightning Attention-2: causal linear attention with per-head exponential decay.
 
@@ -407,6 +436,10 @@ def lightning_attn(
             cu_seqlens[n] .. cu_seqlens[n + 1] - 1, with its own state. On CUDA the
             call never waits for the device, except that new cu_seqlens (and slope)
             values are checked once per tensor version; see README.
+        max_seqlen: with cu_seqlens, an int at least the longest sequence's token
+            count (FlashAttention's max_seqlen); optional. On CUDA it lets the plan
+            skip the chunk passes (two launches) when no sequence is long enough to be
+            cut into chunks. Checked against cu_seqlens with them.
         layout: "BHND" or "BNHD" (FlashAttention/FLA); o comes back in the same layout.
 
     Returns:
@@ -416,7 +449,7 @@ def lightning_attn(
     blockwise PyTorch implementation (lightning_attn2_cuda.reference.blockwise) runs.
     """
     rates, scale, num_seqs = _check_inputs(
-        q, k, v, slope, scale, initial_state, output_final_state, cu_seqlens, layout
+        q, k, v, slope, scale, initial_state, output_final_state, cu_seqlens, max_seqlen, layout
     )
     if q.device.type == "cpu":
         o, final_state = _LightningAttnCPU.apply(q, k, v, rates, initial_state, cu_seqlens, scale, layout)
@@ -424,8 +457,9 @@ def lightning_attn(
     if _C is None:
         raise RuntimeError(f"lightning_attn2_cuda: the CUDA extension is not built ({_C_IMPORT_ERROR})")
     return _LightningAttnCUDA.apply(
-        q, k, v, slope, initial_state, cu_seqlens, rates, scale, layout, num_seqs, output_final_state
-    )
+        q, k, v, slope, initial_state, cu_seqlens, rates, scale, layout, num_seqs, output_final_state,
+        -1 if max_seqlen is None else int(max_seqlen),
+    )  # fmt: skip
 
 
 def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_indices=None):

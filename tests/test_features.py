@@ -78,24 +78,22 @@ def slope_error(d_slope, expected, scale):
     return torch.where(scale > 0, error / scale, error).max().item()
 
 
-def run_with_grads(q, k, v, slope, state, cu_seqlens, scale, dout, d_final, layout="BHND"):
+def run_with_grads(q, k, v, slope, state, cu_seqlens, scale, dout, d_final, layout="BHND", max_seqlen=None):
     inputs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, slope, state)]
     o, final = lightning_attn(
         *inputs[:3], inputs[3], scale, initial_state=inputs[4], output_final_state=True, cu_seqlens=cu_seqlens,
-        layout=layout,
+        max_seqlen=max_seqlen, layout=layout,
     )  # fmt: skip
     grads = torch.autograd.grad((o * dout).sum() + (final * d_final).sum(), inputs)
     return o, final, grads
 
 
-@pytest.mark.parametrize("decay", list(DECAYS))
-@pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
-def test_states_and_packing_match_float64(device, dtype, shape, decay, poison_allocations):
-    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES[shape], dtype, device, decay)
+def assert_matches_float64(shape, dtype, device, decay, max_seqlen=None):
+    """o, the final state and every gradient of one call against float64 autograd of the reference."""
+    q, k, v, slope, state, cu_seqlens = make_problem(shape, dtype, device, decay)
     dout = torch.randn(*q.shape[:3], v.shape[3], device=device, dtype=dtype)
     d_final = torch.randn_like(state)
-    o, final, grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    o, final, grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final, max_seqlen=max_seqlen)
     o_ref, final_ref, grads_ref = float64_reference(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
     names = ("o", "final_state", "dq", "dk", "dv", "dslope", "dinitial_state")
     errors = {n: relative_l2(x, r) for n, x, r in zip(names, (o, final, *grads), (o_ref, final_ref, *grads_ref))}
@@ -103,6 +101,40 @@ def test_states_and_packing_match_float64(device, dtype, shape, decay, poison_al
     errors["dslope"] = slope_error(grads[3], grads_ref[3], scale)
     bound = TOLERANCE[dtype]
     assert all(err <= bound for err in errors.values()), f"relative L2 errors {errors} above {bound}"
+
+
+@pytest.mark.parametrize("decay", list(DECAYS))
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_states_and_packing_match_float64(device, dtype, shape, decay, poison_allocations):
+    assert_matches_float64(SHAPES[shape], dtype, device, decay)
+
+
+@pytest.mark.parametrize("max_seqlen", [1024, 5648])
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_max_seqlen_matches_float64(device, dtype, max_seqlen, poison_allocations):
+    """Without max_seqlen these 5648 tokens are planned as chunks of 16 blocks (1024
+    tokens) with state and prefix passes; with the exact bound 1024 no sequence is
+    cut and those passes are skipped; with the loose bound (the total) the plan is
+    as without it."""
+    shape = (1, 2, [1000, 900, 1024, 0, 700, 1000, 1024], None, 64, 32)
+    assert_matches_float64(shape, dtype, device, "alibi", max_seqlen=max_seqlen)
+
+
+@requires_cuda
+def test_max_seqlen_too_small_is_still_exact():
+    """The kernels' plan takes max_seqlen on trust (the Python check is skipped inside
+    a CUDA graph capture): a bound below the longest sequence leaves that sequence
+    uncut, which is slower but the same sums. o and the final state match the call
+    without it to within rounding."""
+    from lightning_attn2_cuda import interface
+
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["packed-chunked"], torch.float32, "cuda", "alibi")
+    o, final = lightning_attn(q, k, v, slope, 0.5, initial_state=state, output_final_state=True, cu_seqlens=cu_seqlens)
+    o_trusted, final_trusted = torch.full_like(o, float("nan")), torch.full_like(final, float("nan"))
+    interface._C.forward(q, k, v, slope, 0.5, o_trusted, state, final_trusted, cu_seqlens, 1)
+    assert relative_l2(o_trusted, o) <= TOLERANCE[torch.float32]
+    assert relative_l2(final_trusted, final) <= TOLERANCE[torch.float32]
 
 
 @requires_cuda

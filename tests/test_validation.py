@@ -60,6 +60,12 @@ CASES = [
     ("cu_seqlens start", lambda: packed(cu_seqlens=torch.tensor([1, 4, 10])), ValueError, ["cu_seqlens", "start at 0", "1"]),
     ("cu_seqlens decreasing", lambda: packed(cu_seqlens=torch.tensor([0, 6, 4, 10])), ValueError, ["cu_seqlens", "non-decreasing", "6 then 4"]),
     ("cu_seqlens end", lambda: packed(cu_seqlens=torch.tensor([0, 4, 9])), ValueError, ["cu_seqlens", "total token count 10", "9"]),
+    ("max_seqlen without cu_seqlens", lambda: replaced(max_seqlen=10), ValueError, ["max_seqlen", "cu_seqlens", "10"]),
+    ("max_seqlen float", lambda: packed(cu_seqlens=torch.tensor([0, 4, 10]), max_seqlen=6.0), TypeError, ["max_seqlen", "int", "float"]),
+    ("max_seqlen bool", lambda: packed(cu_seqlens=torch.tensor([0, 4, 10]), max_seqlen=True), TypeError, ["max_seqlen", "bool"]),
+    ("max_seqlen past total", lambda: packed(cu_seqlens=torch.tensor([0, 4, 10]), max_seqlen=11), ValueError, ["max_seqlen", "[0, 10]", "11"]),
+    ("max_seqlen negative", lambda: packed(cu_seqlens=torch.tensor([0, 4, 10]), max_seqlen=-1), ValueError, ["max_seqlen", "[0, 10]", "-1"]),
+    ("max_seqlen below longest", lambda: packed(cu_seqlens=torch.tensor([0, 4, 10]), max_seqlen=5), ValueError, ["max_seqlen", "longest", "got 5", "6 tokens"]),
     ("state per packed sequence", lambda: packed(cu_seqlens=torch.tensor([0, 4, 10]), initial_state=torch.randn(1, 4, 8, 6)), ValueError, ["initial_state", "(2, 4, 8, 6)"]),
 ]
 
