@@ -124,18 +124,30 @@ __global__ void __launch_bounds__(kPrefixThreads)
     if (num_chunks <= 1) return;
     const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
     const float chunk_decay = float(exp(-slope * double(plan.chunk_blocks) * kSweepBlockN));
+    const int64_t first_slot = chunk_slot(p, plan, n, 0);
     auto slab = [&](int c) {
         return reinterpret_cast<float4*>(
-            plan.chunk_states +
-            ((chunk_slot(p, plan, n, c) * p.heads + h) * batch.v_tiles[blockIdx.y] + v_tile) * batch.state_elems);
+            plan.chunk_states + (((first_slot + c) * p.heads + h) * batch.v_tiles[blockIdx.y] + v_tile) * batch.state_elems);
     };
+    // The chain over chunks is sequential per element: its loads go kLoadsInFlight
+    // chunks at a time, all issued before the first is used, so that it waits for
+    // memory once per group of chunks rather than once per chunk.
+    constexpr int kLoadsInFlight = 8;
     for (int i = threadIdx.x; i < batch.state_elems / 4; i += kPrefixThreads) {
         float4 entering = slab(0)[i];
-        for (int c = 1; c < num_chunks - 1; ++c) {
-            float4& x = slab(c)[i];
-            entering = make_float4(chunk_decay * entering.x + x.x, chunk_decay * entering.y + x.y,
-                                   chunk_decay * entering.z + x.z, chunk_decay * entering.w + x.w);
-            x = entering;
+        for (int c0 = 1; c0 < num_chunks - 1; c0 += kLoadsInFlight) {
+            float4 x[kLoadsInFlight];
+#pragma unroll
+            for (int j = 0; j < kLoadsInFlight; ++j)
+                if (c0 + j < num_chunks - 1) x[j] = slab(c0 + j)[i];
+#pragma unroll
+            for (int j = 0; j < kLoadsInFlight; ++j) {
+                if (c0 + j < num_chunks - 1) {
+                    entering = make_float4(chunk_decay * entering.x + x[j].x, chunk_decay * entering.y + x[j].y,
+                                           chunk_decay * entering.z + x[j].z, chunk_decay * entering.w + x[j].w);
+                    slab(c0 + j)[i] = entering;
+                }
+            }
         }
     }
 }

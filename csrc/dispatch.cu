@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -17,7 +18,7 @@ namespace {
 constexpr int kMinChunkBlocks = 16;
 constexpr size_t kWorkspaceAlign = 256;
 
-int relay_segment_cap = 0;  // set_relay_segment_cap
+std::atomic<int> relay_segment_cap{0};  // set_relay_segment_cap (tests)
 
 struct TileConfig {
     int head_dim_qk;  // dim_qk padded up to a compiled size
@@ -256,7 +257,8 @@ cudaError_t plan_call(const LinearAttnParams* problems, int num_problems, DType 
         // One segment per slot group of v slices, all swept side by side.
         const int slots = sweep_slots(dtype, group.tiles, num_sms);
         group.relay_segments = std::max(1, slots / std::max(1, group.v_tiles_per_head));
-        if (relay_segment_cap > 0) group.relay_segments = std::min(group.relay_segments, relay_segment_cap);
+        const int cap = relay_segment_cap.load();
+        if (cap > 0) group.relay_segments = std::min(group.relay_segments, cap);
         const size_t handoffs = size_t(group.relay_segments) * group.v_tiles_per_head;
         const size_t states = group.tiles.decay_derivative ? 2 : 1;
         group.relay_state_bytes =

@@ -273,8 +273,8 @@ __global__ void __launch_bounds__(Traits::kThreads)
         const int initial_shift = p.initial_state_undecayed ? 1 : 0;
         if (!piece.starts_chunk) {
             // The state left by the chunk's previous piece, at the start of the next segment.
-            wait_for_handoff(handoff_ready(piece.handoff_from));
-            const float* slab = handoff_slab(piece.handoff_from);
+            wait_for_handoff(handoff_ready(segment.segment + 1));
+            const float* slab = handoff_slab(segment.segment + 1);
             constexpr int kSlab = kHeadDimQK * kTileV;
             for_each_state_element([&](int mt, int nt, int i) {
                 state[mt][nt][i] = __ldcg(slab + slab_index(mt, nt, i));

@@ -28,8 +28,7 @@ struct SweepPiece {
     SequenceChunk work;
     int first_block;  // blocks of the sequence, [first_block, end_block)
     int end_block;
-    bool starts_chunk;  // else it continues from the hand-off of segment handoff_from
-    int handoff_from;
+    bool starts_chunk;  // else it continues from the hand-off of the next segment
     int handoff_to;     // segment whose hand-off it leaves, or -1 when it ends its chunk
 };
 
@@ -153,7 +152,6 @@ struct RelaySegment {
         piece.first_block = chunk_first_block + done_before;
         piece.end_block = chunk_first_block + std::min(chunk_blocks, done_before + int(piece_end - position));
         piece.starts_chunk = done_before == 0;
-        piece.handoff_from = segment + 1;
         piece.handoff_to = position > job_start ? segment : -1;
         position = piece_end;
         if (position == job_end) advance(batch, piece.work.num_chunks);
