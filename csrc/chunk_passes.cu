@@ -1,6 +1,7 @@
 // The two small passes around the sweep (see ChunkPlan and RelayWorkspace in
 // launch.h): preparing a launch (the relay's flags zeroed, variable-length sequences
 // packed into chunks), and the prefix over chunk states.
+#include <algorithm>
 #include <cstdint>
 
 #include "kernel_traits.h"
@@ -76,19 +77,16 @@ __global__ void __launch_bounds__(kPackThreads)
     }
     __syncthreads();  // seq_start[n + 1] may be another thread's
 
-    // Per sequence: chunks (at least one), relay cost max(1, blocks), and the cost
-    // of its longest chunk.
+    // Per sequence: chunks, relay cost, and the cost of its longest chunk.
     const int seq_end = min(end, p.num_seqs);
-    auto blocks_of_seq = [&](int n) {
-        return (plan.seq_start[n + 1] - plan.seq_start[n] + kSweepBlockN - 1) / kSweepBlockN;
-    };
+    auto blocks_of_seq = [&](int n) { return blocks_of(plan.seq_start[n + 1] - plan.seq_start[n]); };
     int64_t local_chunks = 0, local_cost = 0;
     int local_longest = 1;
     for (int n = begin; n < seq_end; ++n) {
         const int blocks = blocks_of_seq(n);
-        local_chunks += max(1, (blocks + plan.chunk_blocks - 1) / plan.chunk_blocks);
-        local_cost += max(1, blocks);
-        local_longest = max(local_longest, min(blocks, plan.chunk_blocks));
+        local_chunks += chunks_of(blocks, plan.chunk_blocks);
+        local_cost += relay_cost(blocks);
+        local_longest = max(local_longest, longest_chunk_of(blocks, plan.chunk_blocks));
     }
     int64_t total_chunks = 0, total_cost = 0;
     int64_t chunk_first = block_exclusive_scan(local_chunks, int64_t(0), sum_op, &total_chunks);
@@ -99,8 +97,8 @@ __global__ void __launch_bounds__(kPackThreads)
         const int blocks = blocks_of_seq(n);
         plan.chunk_start[n] = chunk_first;
         plan.relay_start[n] = cost_first;
-        chunk_first += max(1, (blocks + plan.chunk_blocks - 1) / plan.chunk_blocks);
-        cost_first += max(1, blocks);
+        chunk_first += chunks_of(blocks, plan.chunk_blocks);
+        cost_first += relay_cost(blocks);
     }
     if (threadIdx.x == 0) {
         plan.chunk_start[p.num_seqs] = total_chunks;
@@ -109,16 +107,19 @@ __global__ void __launch_bounds__(kPackThreads)
     }
 }
 
-// One CTA per (sequence, head, v slice) of each chunked problem: turns the chunk
-// states X_c (chunk c's keys and values from a zero state) into the states
-// entering chunks 1, 2, ...:  E_1 = X_0,  E_{c+1} = lambda^L E_c + X_c,  in place.
+// One CTA per part of a slab, `parts` per (sequence, head, v slice) of each chunked
+// problem: turns the chunk states X_c (chunk c's keys and values from a zero state)
+// into the states entering chunks 1, 2, ...:  E_1 = X_0,  E_{c+1} = lambda^L E_c + X_c,
+// in place.
 __global__ void __launch_bounds__(kPrefixThreads)
-    chunk_prefix_kernel(const __grid_constant__ LinearAttnBatch batch, int heads, int v_tiles_per_head) {
+    chunk_prefix_kernel(const __grid_constant__ LinearAttnBatch batch, int heads, int v_tiles_per_head, int parts) {
     const LinearAttnParams& p = batch.problems[blockIdx.y];
     const ChunkPlan& plan = batch.chunks[blockIdx.y];
-    const int v_tile = blockIdx.x % v_tiles_per_head;
-    const int h = (blockIdx.x / v_tiles_per_head) % heads;
-    const int n = blockIdx.x / v_tiles_per_head / heads;
+    const int part = blockIdx.x % parts;
+    const int slab_index = blockIdx.x / parts;
+    const int v_tile = slab_index % v_tiles_per_head;
+    const int h = (slab_index / v_tiles_per_head) % heads;
+    const int n = slab_index / v_tiles_per_head / heads;
     if (!plan.chunked || n >= p.num_seqs || h >= p.heads || v_tile >= batch.v_tiles[blockIdx.y]) return;
     const int num_chunks = sequence_chunk(p, plan, n, 0).num_chunks;
     if (num_chunks <= 1) return;
@@ -133,7 +134,7 @@ __global__ void __launch_bounds__(kPrefixThreads)
     // chunks at a time, all issued before the first is used, so that it waits for
     // memory once per group of chunks rather than once per chunk.
     constexpr int kLoadsInFlight = 8;
-    for (int i = threadIdx.x; i < batch.state_elems / 4; i += kPrefixThreads) {
+    for (int i = part * kPrefixThreads + threadIdx.x; i < batch.state_elems / 4; i += parts * kPrefixThreads) {
         float4 entering = slab(0)[i];
         for (int c0 = 1; c0 < num_chunks - 1; c0 += kLoadsInFlight) {
             float4 x[kLoadsInFlight];
@@ -159,18 +160,24 @@ cudaError_t launch_prepare_relay(const LinearAttnBatch& batch, int flag_count, c
     return cudaGetLastError();
 }
 
-cudaError_t launch_chunk_prefix(const LinearAttnBatch& batch, cudaStream_t stream) {
+cudaError_t launch_chunk_prefix(const LinearAttnBatch& batch, int num_sms, cudaStream_t stream) {
     int seqs = 0, heads = 0, v_tiles_per_head = 0;
     for (int i = 0; i < batch.num_problems; ++i) {
         seqs = max(seqs, batch.problems[i].num_seqs);
         heads = max(heads, batch.problems[i].heads);
         v_tiles_per_head = max(v_tiles_per_head, batch.v_tiles[i]);
     }
-    const int64_t ctas = int64_t(seqs) * heads * v_tiles_per_head;
-    if (ctas == 0) return cudaSuccess;
+    const int64_t slabs = int64_t(seqs) * heads * v_tiles_per_head;
+    if (slabs == 0) return cudaSuccess;
+    // The pass is bound by each SM's bandwidth to L2: a slab per CTA left most SMs
+    // idle when few sequences are cut (1, 16, 65536 has 32 slabs). Slabs are split
+    // into parts of kPrefixThreads float4s until there are about four CTAs per SM.
+    const int64_t slab_parts = (batch.state_elems / 4 + kPrefixThreads - 1) / kPrefixThreads;
+    const int parts = int(std::max<int64_t>(1, std::min<int64_t>(slab_parts, 4 * int64_t(num_sms) / slabs)));
+    const int64_t ctas = slabs * parts;
     if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    chunk_prefix_kernel<<<dim3(unsigned(ctas), batch.num_problems), kPrefixThreads, 0, stream>>>(batch, heads,
-                                                                                               v_tiles_per_head);
+    chunk_prefix_kernel<<<dim3(unsigned(ctas), batch.num_problems), kPrefixThreads, 0, stream>>>(
+        batch, heads, v_tiles_per_head, parts);
     return cudaGetLastError();
 }
 

@@ -9,6 +9,7 @@
 
 #include "kernel_traits.h"
 #include "launch.h"
+#include "sequences.cuh"
 
 namespace lightning_attn2 {
 namespace {
@@ -143,7 +144,7 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
     if (p.cu_seqlens == nullptr) {
         // Up to wanted_rows chunk rows, which fill every slot; as many as the
         // estimate finds fastest.
-        const int num_blocks = (p.seqlen + kSweepBlockN - 1) / kSweepBlockN;
+        const int num_blocks = blocks_of(p.seqlen);
         const int64_t jobs = per_chunk_row * p.batch;
         const int64_t most = may_chunk ? std::min<int64_t>((wanted_rows + p.batch - 1) / p.batch,
                                                            std::max(1, num_blocks / kMinChunkBlocks))
@@ -153,14 +154,14 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
             if (sweep_estimate(jobs, num_blocks, c, slots) < sweep_estimate(jobs, num_blocks, num_chunks, slots))
                 num_chunks = c;
         plan.chunk_blocks = std::max(1, int((num_blocks + num_chunks - 1) / num_chunks));
-        plan.chunks_per_seq = std::max(1, (num_blocks + plan.chunk_blocks - 1) / plan.chunk_blocks);
+        plan.chunks_per_seq = chunks_of(num_blocks, plan.chunk_blocks);
         plan.state_chunks = int64_t(p.batch) * (plan.chunks_per_seq - 1);
     } else {
         // The lengths live on the device: size chunks for the whole token count, so
         // that a sequence much longer than the rest is cut rather than left running
         // alone. Sequence n has max(1, ceil(len_n / L)) chunks, L = chunk_blocks *
         // kBlockN tokens: at most seqlen / L of them not last.
-        const int64_t seq_blocks = (int64_t(p.seqlen) + kSweepBlockN - 1) / kSweepBlockN;
+        const int64_t seq_blocks = blocks_of(p.seqlen);
         const int64_t blocks = seq_blocks + p.num_seqs;
         const int64_t chunk_blocks =
             may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows) : blocks;
@@ -170,7 +171,7 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
         plan.chunk_blocks = int(std::min(chunk_blocks, seq_blocks + 1));
         // A known longest sequence that fits one chunk: cut none (seq_blocks + 1 blocks),
         // and the state and prefix passes are not launched.
-        if (p.max_seqlen >= 0 && (p.max_seqlen + kSweepBlockN - 1) / kSweepBlockN <= plan.chunk_blocks)
+        if (p.max_seqlen >= 0 && blocks_of(p.max_seqlen) <= plan.chunk_blocks)
             plan.chunk_blocks = int(seq_blocks + 1);
         plan.chunks_per_seq = 0;
         plan.state_chunks = p.seqlen / (int64_t(plan.chunk_blocks) * kSweepBlockN);
@@ -220,6 +221,7 @@ struct CallPlan {
     int num_groups;
     size_t relay_bytes;  // one relay workspace, reused by the launches in turn
     size_t workspace_bytes;
+    int num_sms;
 };
 
 cudaError_t plan_call(const LinearAttnParams* problems, int num_problems, DType dtype, CallPlan& call) {
@@ -228,6 +230,7 @@ cudaError_t plan_call(const LinearAttnParams* problems, int num_problems, DType 
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
     if (err != cudaSuccess) return err;
+    call.num_sms = num_sms;
     // Plan as if all problems shared a launch, then again with the number that
     // actually share each one's tiles.
     SweepPlan* plans = call.sweeps;
@@ -331,7 +334,7 @@ cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems, 
                      return launch(kernel, batch, SweepPass::kState, stream);
                  })) != cudaSuccess)
                 return err;
-            if ((err = launch_chunk_prefix(batch, stream)) != cudaSuccess) return err;
+            if ((err = launch_chunk_prefix(batch, call.num_sms, stream)) != cudaSuccess) return err;
         }
         if ((err = visit_sweep(dtype, group.tiles, [&](auto kernel) {
                  return launch(kernel, batch, SweepPass::kOutput, stream);

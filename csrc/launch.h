@@ -78,7 +78,7 @@ int linear_attn_sweep_ctas_per_sm();
 // flags and ticket, and fills seq_start, chunk_start, relay_start and longest_chunk
 // of every packed problem of the batch.
 cudaError_t launch_prepare_relay(const LinearAttnBatch& batch, int flag_count, cudaStream_t stream);
-// The prefix pass over chunk_states.
-cudaError_t launch_chunk_prefix(const LinearAttnBatch& batch, cudaStream_t stream);
+// The prefix pass over chunk_states, spread over a GPU of num_sms SMs.
+cudaError_t launch_chunk_prefix(const LinearAttnBatch& batch, int num_sms, cudaStream_t stream);
 
 }  // namespace lightning_attn2

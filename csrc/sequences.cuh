@@ -36,6 +36,20 @@ __host__ __device__ __forceinline__ int blocks_of(int64_t tokens) {
     return int((tokens + kSweepBlockN - 1) / kSweepBlockN);
 }
 
+// A sequence of `blocks` blocks cut into chunks of chunk_blocks: how many (at least
+// one: a sequence of no tokens still has a chunk, which carries its initial state to
+// its final state), and the blocks of the longest.
+__host__ __device__ __forceinline__ int chunks_of(int blocks, int chunk_blocks) {
+    return std::max(1, (blocks + chunk_blocks - 1) / chunk_blocks);
+}
+__host__ __device__ __forceinline__ int longest_chunk_of(int blocks, int chunk_blocks) {
+    return std::min(blocks, chunk_blocks);
+}
+
+// Cost on the relay's line (see RelayWorkspace) of a job of `blocks` blocks: one
+// per block, and one for a job of none.
+__host__ __device__ __forceinline__ int relay_cost(int blocks) { return std::max(1, blocks); }
+
 // Sequence n of the problem, as chunk c.
 __host__ __device__ __forceinline__ SequenceChunk sequence_chunk(const LinearAttnParams& p, const ChunkPlan& plan, int n,
                                                         int c) {
@@ -93,12 +107,12 @@ __host__ __device__ __forceinline__ bool locate_state_chunk(const LinearAttnPara
 
 // Relay cost of one head's sequences of the problem.
 __host__ __device__ __forceinline__ int64_t relay_cost_per_head(const LinearAttnParams& p, const ChunkPlan& plan) {
-    if (p.cu_seqlens == nullptr) return int64_t(p.batch) * std::max(1, blocks_of(p.seqlen));
+    if (p.cu_seqlens == nullptr) return int64_t(p.batch) * relay_cost(blocks_of(p.seqlen));
     return plan.relay_start[p.num_seqs];
 }
 
 __host__ __device__ __forceinline__ int longest_chunk(const LinearAttnParams& p, const ChunkPlan& plan) {
-    if (p.cu_seqlens == nullptr) return std::max(1, std::min(plan.chunk_blocks, blocks_of(p.seqlen)));
+    if (p.cu_seqlens == nullptr) return relay_cost(longest_chunk_of(blocks_of(p.seqlen), plan.chunk_blocks));
     return *plan.longest_chunk;
 }
 
@@ -144,7 +158,7 @@ struct RelaySegment {
         piece.work = sequence_chunk(p, plan, seq, chunk);
         const int chunk_first_block = chunk * plan.chunk_blocks;
         const int chunk_blocks = std::min(plan.chunk_blocks, blocks_of(piece.work.length) - chunk_first_block);
-        const int64_t job_end = job_start + std::max(1, chunk_blocks);
+        const int64_t job_end = job_start + relay_cost(chunk_blocks);
         // The part of the chunk in this segment; what lies past the segment ran
         // first, at the start of the next segment.
         const int64_t piece_end = std::min(job_end, end);
@@ -175,7 +189,7 @@ struct RelaySegment {
         const int64_t y = x % per_head;
         int64_t into_seq;  // cost units into sequence seq
         if (p.cu_seqlens == nullptr) {
-            const int seq_cost = std::max(1, blocks_of(p.seqlen));
+            const int seq_cost = relay_cost(blocks_of(p.seqlen));
             seq = int(y / seq_cost);
             into_seq = y % seq_cost;
         } else {

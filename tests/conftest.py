@@ -3,7 +3,7 @@ import zlib
 import pytest
 import torch
 
-from lightning_attn2_cuda import build_slopes
+from lightning_attn2_cuda import build_slopes, reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # Relative L2 error bounds, ||x - ref|| / ||ref|| against float64, per input dtype:
@@ -60,3 +60,19 @@ def random_inputs(batch, heads, seqlen, dim_qk, dim_v, dtype, device, requires_g
     q, k = (torch.randn(batch, heads, seqlen, dim_qk, dtype=dtype, device=device) for _ in range(2))
     v = torch.randn(batch, heads, seqlen, dim_v, dtype=dtype, device=device)
     return [x.requires_grad_(requires_grad) for x in (q, k, v)]
+
+
+def float64_reference(q, k, v, slope, state, cu_seqlens, scale, dout, d_final):
+    """o, the final states and the gradients of q, k, v, slope and state, in float64 from
+    the same (rounded) inputs, by autograd of the reference (naive form up to 1024
+    tokens, blockwise beyond). slope and state may be None (their gradients are then
+    None); d_final None puts no loss on the final states."""
+    inputs = [None if x is None else x.detach().double().requires_grad_(True) for x in (q, k, v, slope, state)]
+    form = reference.naive if q.shape[2] <= 1024 else reference.blockwise
+    o, final = reference.packed(form, *inputs[:3], inputs[3], scale, initial_state=inputs[4], cu_seqlens=cu_seqlens)
+    loss = (o * dout.double()).sum()
+    if d_final is not None:
+        loss = loss + (final * d_final.double()).sum()
+    given = [x for x in inputs if x is not None]
+    grads = iter(torch.autograd.grad(loss, given, allow_unused=True, materialize_grads=True))  # no tokens: q unused
+    return o.detach(), final.detach(), tuple(None if x is None else next(grads) for x in inputs)

@@ -14,7 +14,7 @@ bound would be (slope_error).
 import pytest
 import torch
 
-from conftest import DECAYS, TOLERANCE, relative_l2, requires_cuda
+from conftest import DECAYS, TOLERANCE, float64_reference, relative_l2, requires_cuda
 from lightning_attn2_cuda import lightning_attn, lightning_attn_decode, reference
 
 DEVICES_AND_DTYPES = [("cpu", torch.float32)] + [
@@ -44,16 +44,6 @@ def make_problem(shape, dtype, device, decay, index_dtype=torch.int32):
     state = torch.randn(num_seqs, heads, dim_qk, dim_v, device=device)
     slope = DECAYS[decay](heads).to(device)
     return q, k, v, slope, state, cu_seqlens
-
-
-def float64_reference(q, k, v, slope, state, cu_seqlens, scale, dout, d_final):
-    """o, final state and the gradients of q, k, v, slope, initial state in float64."""
-    inputs = [x.detach().double().requires_grad_(True) for x in (q, k, v, slope, state)]
-    form = reference.naive if q.shape[2] <= 1024 else reference.blockwise
-    o, final = reference.packed(form, *inputs[:3], inputs[3], scale, initial_state=inputs[4], cu_seqlens=cu_seqlens)
-    loss = (o * dout.double()).sum() + (final * d_final.double()).sum()
-    grads = torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True)  # no tokens: q unused
-    return o.detach(), final.detach(), grads
 
 
 def slope_gradient_scale(q, k, v, slope, state, cu_seqlens, scale, dout, d_final):

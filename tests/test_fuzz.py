@@ -27,8 +27,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from conftest import TOLERANCE, requires_cuda  # noqa: E402
-from test_features import float64_reference, slope_error, slope_gradient_scale  # noqa: E402
+from conftest import TOLERANCE, float64_reference, requires_cuda  # noqa: E402
+from test_features import slope_error, slope_gradient_scale  # noqa: E402
 from lightning_attn2_cuda import lightning_attn  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
