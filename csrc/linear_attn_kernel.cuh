@@ -42,11 +42,11 @@ struct KeyDecay {
     __device__ __forceinline__ float operator()(int s) const { return mask(valid - 1 - s); }
 };
 
-// A piece of a CTA's work in shared memory, with where its tokens lie: the
+// A piece of a CTA's work with where its tokens lie: the
 // offsets (elements) from q, k, v and o's pointers to its sequence's first token in
 // the sweep's direction of time (v and o at the CTA's first column), and the steps
 // between tokens in that direction.
-struct StagedPiece {
+struct LocatedPiece {
     SweepPiece piece;
     int64_t offset[4];  // q, k, v, o
     int64_t step[4];
@@ -56,7 +56,7 @@ struct StagedPiece {
 };
 
 template <typename T, int kTileV>
-__device__ __forceinline__ void locate_tokens(const LinearAttnBatch& batch, int v_tile, StagedPiece& x) {
+__device__ __forceinline__ void locate_tokens(const LinearAttnBatch& batch, int v_tile, LocatedPiece& x) {
     const LinearAttnParams& p = batch.problems[x.piece.problem];
     const SequenceChunk& work = x.piece.work;
     const int64_t first_in_time = p.reversed ? work.first_token + work.length - 1 : work.first_token;
@@ -76,10 +76,10 @@ __device__ __forceinline__ void locate_tokens(const LinearAttnBatch& batch, int 
         x.step[3] % 2 == 0;
 }
 
-// Block `block` of a staged piece into shared memory: its q (when with_q), k and v
+// Block `block` of a located piece into shared memory: its q (when with_q), k and v
 // tiles, zero past the sequence's end and past the head dims; one cp.async group.
 template <class Traits, typename T = typename Traits::Element>
-__device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, const StagedPiece& x, int block,
+__device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, const LocatedPiece& x, int block,
                                                  int v_col0, bool with_q, T* sQ, T* sK, T* sV) {
     constexpr int kBlockN = Traits::kBlockN;
     const LinearAttnParams& p = batch.problems[x.piece.problem];
@@ -128,13 +128,13 @@ __global__ void __launch_bounds__(Traits::kThreads)
     // The piece in hand lives in shared memory, written by thread 0 between
     // barriers: no register holds it across the sweep. Pieces of problems with fewer
     // v slices than this CTA's are skipped.
-    __shared__ StagedPiece staged;
+    __shared__ LocatedPiece in_hand;
     __shared__ RelaySegment segment;
     __shared__ int v_tile;
     // The (problem, head) whose decay tables are in shared memory; -1: none yet.
     __shared__ int tables_problem, tables_head;
     // Thread 0: the segment's next piece into `out` (out.valid false at its end).
-    auto stage_next_piece = [&](StagedPiece& out) {
+    auto take_next_piece = [&](LocatedPiece& out) {
         bool found;
         do found = segment.next(batch, out.piece);
         while (found && v_tile >= batch.v_tiles[out.piece.problem]);
@@ -145,25 +145,25 @@ __global__ void __launch_bounds__(Traits::kThreads)
         tables_problem = tables_head = -1;
         if (state_pass) {
             v_tile = blockIdx.x % v_tiles_per_head;
-            SweepPiece& piece = staged.piece;
+            SweepPiece& piece = in_hand.piece;
             piece.problem = blockIdx.y;
             piece.head = (blockIdx.x / v_tiles_per_head) % heads;
             const LinearAttnParams& p = batch.problems[piece.problem];
             const ChunkPlan& plan = batch.chunks[piece.problem];
-            staged.valid = v_tile < batch.v_tiles[piece.problem] && piece.head < p.heads &&
-                           locate_state_chunk(p, plan, blockIdx.x / v_tiles_per_head / heads, piece.work);
-            if (staged.valid) {
+            in_hand.valid = v_tile < batch.v_tiles[piece.problem] && piece.head < p.heads &&
+                            locate_state_chunk(p, plan, blockIdx.x / v_tiles_per_head / heads, piece.work);
+            if (in_hand.valid) {
                 piece.first_block = piece.work.chunk * plan.chunk_blocks;
                 piece.end_block = piece.first_block + plan.chunk_blocks;
                 piece.starts_chunk = true;
                 piece.handoff_to = -1;
-                locate_tokens<T, kTileV>(batch, v_tile, staged);
+                locate_tokens<T, kTileV>(batch, v_tile, in_hand);
             }
         } else {
             const int ticket = atomicAdd(batch.relay.next_ticket, 1);
             v_tile = ticket % v_tiles_per_head;
             segment = RelaySegment::of(batch, batch.relay.segments - 1 - ticket / v_tiles_per_head);
-            stage_next_piece(staged);
+            take_next_piece(in_hand);
         }
     }
     __syncthreads();
@@ -179,8 +179,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
     const MaskedDecay<kBlockN> mask{masked_decay};
     const MaskedDecay<kBlockN> mask_derivative{masked_decay + 2 * kBlockN};
 
-    while (staged.valid) {
-        const StagedPiece& in_hand = staged;
+    while (in_hand.valid) {
         const SweepPiece& piece = in_hand.piece;
         const LinearAttnParams& p = batch.problems[piece.problem];
         const ChunkPlan& plan = batch.chunks[piece.problem];
@@ -443,8 +442,8 @@ __global__ void __launch_bounds__(Traits::kThreads)
         if (threadIdx.x == 0) {
             tables_problem = piece.problem;
             tables_head = h;
-            if (state_pass) staged.valid = false;  // it has one piece
-            else stage_next_piece(staged);
+            if (state_pass) in_hand.valid = false;  // it has one piece
+            else take_next_piece(in_hand);
         }
         __syncthreads();
     }
