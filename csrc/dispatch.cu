@@ -170,7 +170,8 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
         // many sequences there are.
         plan.chunk_blocks = int(std::min(chunk_blocks, seq_blocks + 1));
         // A known longest sequence that fits one chunk: cut none (seq_blocks + 1 blocks),
-        // and the state and prefix passes are not launched.
+        // so this problem needs no state or prefix pass (they are not launched unless
+        // another problem of its launch group is cut).
         if (p.max_seqlen >= 0 && blocks_of(p.max_seqlen) <= plan.chunk_blocks)
             plan.chunk_blocks = int(seq_blocks + 1);
         plan.chunks_per_seq = 0;

@@ -13,12 +13,13 @@ namespace lightning_attn2 {
 // chunk_blocks blocks (a sequence's last chunk may be shorter; a sequence of 0
 // tokens still has one chunk, which carries its initial state to its final state).
 //
-// When some sequence has more than one chunk, three launches run:
+// A launch group runs its preparing pass (launch_prepare_relay), then, when some
+// sequence of its problems may have more than one chunk (ChunkPlan::chunked):
 //   state pass   each chunk but the last of a sequence leaves the state it builds
 //                from zero in chunk_states;
 //   prefix pass  per sequence, turns those into the states entering chunks 1, 2, ...
 //                (without the initial state, which the output pass adds);
-//   output pass  every chunk starts from its entering state and writes o.
+// and last the output pass: every chunk starts from its entering state and writes o.
 // The output pass runs every problem's chunks as one relay (see RelayWorkspace).
 struct ChunkPlan {
     int chunk_blocks;    // blocks of kBlockN tokens per chunk

@@ -143,7 +143,6 @@ struct RelaySegment {
         out.segment = index;
         out.position = std::min(line, int64_t(index) * length);
         out.end = std::min(line, out.position + length);
-        out.located = false;
         return out;
     }
 

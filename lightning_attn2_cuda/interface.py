@@ -20,6 +20,9 @@ LAYOUTS = ("BHND", "BNHD")
 # tensor -> (its version, what it was checked against) for value checks that read
 # device memory (see _check_values_once)
 _values_checked = torch.utils.weak.WeakIdKeyDictionary()
+# cu_seqlens -> its longest sequence's length, found by its value check (so that any
+# max_seqlen is compared on the host, with no sync of its own)
+_longest_sequence = torch.utils.weak.WeakIdKeyDictionary()
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = _CUDA_DTYPES + (torch.float64,)
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -148,27 +151,32 @@ def _check_slope(slope, q, heads):
     return rates
 
 
+def _check_max_seqlen(max_seqlen):
+    """FlashAttention's bound on the packed sequences' lengths (compared with them in
+    _check_cu_seqlens)."""
+    if max_seqlen is None:
+        return
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
+        raise TypeError(f"max_seqlen must be an int or None, got {type(max_seqlen).__name__}")
+    if max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be >= 0, got {max_seqlen}")
+
+
 def _check_cu_seqlens(cu_seqlens, q, total, max_seqlen):
-    """cu_seqlens of the packed sequences (FlashAttention's convention), and the caller's
-    bound on their lengths if given; returns their count."""
+    """cu_seqlens of the packed sequences (FlashAttention's convention), and max_seqlen
+    against their lengths; returns their count."""
     _check_index_tensor("cu_seqlens", cu_seqlens, q, None, "sequence boundaries [N + 1]")
     if cu_seqlens.shape[0] < 2:
         raise ValueError(f"cu_seqlens must have N + 1 >= 2 entries (at least one sequence), got {cu_seqlens.shape[0]}")
     if q.is_cuda and cu_seqlens.shape[0] - 1 > MAX_CUDA_COUNT:
         raise ValueError(f"cu_seqlens must describe at most {MAX_CUDA_COUNT} sequences, got {cu_seqlens.shape[0] - 1}")
 
-    if max_seqlen is not None:
-        if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
-            raise TypeError(f"max_seqlen must be an int or None, got {type(max_seqlen).__name__}")
-        if not 0 <= max_seqlen <= total:
-            raise ValueError(f"max_seqlen must be in [0, {total}] (the total token count), got {max_seqlen}")
-
     def check():
         first, last = cu_seqlens[0], cu_seqlens[-1]
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        bound = total if max_seqlen is None else max_seqlen
-        checks = torch.stack([first != 0, last != total, (lengths < 0).any(), lengths.max() > bound])
-        bad_first, bad_last, decreasing, too_long = checks.tolist()
+        decreasing = (cu_seqlens[1:] < cu_seqlens[:-1]).any()
+        # The lengths are exact once the entries are known to rise from 0 to total.
+        longest = (cu_seqlens[1:] - cu_seqlens[:-1]).max()
+        bad_first, bad_last, decreasing, longest = torch.stack([first != 0, last != total, decreasing, longest]).tolist()
         if bad_first:
             raise ValueError(f"cu_seqlens must start at 0, got {int(first)}")
         if decreasing:
@@ -179,13 +187,17 @@ def _check_cu_seqlens(cu_seqlens, q, total, max_seqlen):
             )
         if bad_last:
             raise ValueError(f"cu_seqlens must end at the total token count {total}, got {int(last)}")
-        if too_long:
-            raise ValueError(
-                f"max_seqlen must be at least the longest sequence's length, got {max_seqlen} for a sequence of "
-                f"{int(lengths.max())} tokens"
-            )
+        _longest_sequence[cu_seqlens] = longest
 
-    _check_values_once(cu_seqlens, (total, max_seqlen), check)
+    _check_values_once(cu_seqlens, total, check)
+    # Under graph capture the values are not read (see _check_values_once), so neither
+    # is max_seqlen compared with them.
+    capturing = cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing()
+    if max_seqlen is not None and not capturing and _longest_sequence[cu_seqlens] > max_seqlen:
+        raise ValueError(
+            f"max_seqlen must be at least the longest sequence's length, got {max_seqlen} for a sequence of "
+            f"{_longest_sequence[cu_seqlens]} tokens"
+        )
     return cu_seqlens.shape[0] - 1
 
 
@@ -225,6 +237,7 @@ def _check_inputs(q, k, v, slope, scale, initial_state, output_final_state, cu_s
     rates = _check_slope(slope, q, heads)
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
+    _check_max_seqlen(max_seqlen)
     num_seqs = batch
     if cu_seqlens is not None:
         if batch != 1:
@@ -437,9 +450,10 @@ def lightning_attn(
             call never waits for the device, except that new cu_seqlens (and slope)
             values are checked once per tensor version; see README.
         max_seqlen: with cu_seqlens, an int at least the longest sequence's token
-            count (FlashAttention's max_seqlen); optional. On CUDA it lets the plan
-            skip the chunk passes (two launches) when no sequence is long enough to be
-            cut into chunks. Checked against cu_seqlens with them.
+            count (FlashAttention's max_seqlen; any larger bound will do); optional.
+            On CUDA it lets the plan skip the chunk passes (two launches) when no
+            sequence is long enough to be cut into chunks. Compared with cu_seqlens's
+            lengths on the host, which their value check finds.
         layout: "BHND" or "BNHD" (FlashAttention/FLA); o comes back in the same layout.
 
     Returns:

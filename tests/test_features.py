@@ -130,7 +130,7 @@ def test_max_seqlen_too_small_is_still_exact():
 @requires_cuda
 def test_many_short_packed_sequences(poison_allocations):
     """1100 sequences of 0 to 8 tokens: a relay segment then holds many sequences,
-    and the packing pass scans more entries than it has threads."""
+    and the preparing pass scans more entries than it has threads."""
     lengths = [(7 * i) % 9 for i in range(1100)]
     q, k, v, slope, state, cu_seqlens = make_problem((1, 2, lengths, None, 32, 16), torch.bfloat16, "cuda", "alibi")
     dout = torch.randn(*q.shape[:3], v.shape[3], device="cuda", dtype=torch.bfloat16)
