@@ -17,12 +17,9 @@ MAX_HEAD_DIM = 256
 MAX_CUDA_SEQLEN = 2**31 - 64  # so that the block count of a sequence fits an int
 MAX_CUDA_COUNT = 2**31 - 1  # batch x heads, sequences, cache rows: ints in the kernels
 LAYOUTS = ("BHND", "BNHD")
-# tensor -> (its version, what it was checked against) for value checks that read
-# device memory (see _check_values_once)
+# tensor -> ((its version, what it was checked against), what the check returned) for
+# value checks that read device memory (see _check_values_once)
 _values_checked = torch.utils.weak.WeakIdKeyDictionary()
-# cu_seqlens -> its longest sequence's length, found by its value check (so that any
-# max_seqlen is compared on the host, with no sync of its own)
-_longest_sequence = torch.utils.weak.WeakIdKeyDictionary()
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_DTYPES = _CUDA_DTYPES + (torch.float64,)
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -39,15 +36,18 @@ def _check_values_once(x, context, check):
     through .data or memory shared with another library are not seen; inference
     tensors have no version and are checked every time. A CUDA graph capture cannot
     sync at all, so the check is skipped there (capture a call that ran once
-    outside it); the kernels never read or write out of bounds whatever the values."""
+    outside it); the kernels never read or write out of bounds whatever the values.
+    Returns what check() returned, remembered with the version; None under capture."""
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
+        return None
     key = None if x.is_inference() else (x._version, context)
-    if key is not None and _values_checked.get(x) == key:
-        return
-    check()
+    remembered = _values_checked.get(x)
+    if key is not None and remembered is not None and remembered[0] == key:
+        return remembered[1]
+    result = check()
     if key is not None:
-        _values_checked[x] = key
+        _values_checked[x] = (key, result)
+    return result
 
 
 def _check_tensor(name, x, dims):
@@ -187,16 +187,15 @@ def _check_cu_seqlens(cu_seqlens, q, total, max_seqlen):
             )
         if bad_last:
             raise ValueError(f"cu_seqlens must end at the total token count {total}, got {int(last)}")
-        _longest_sequence[cu_seqlens] = longest
+        return longest
 
-    _check_values_once(cu_seqlens, total, check)
-    # Under graph capture the values are not read (see _check_values_once), so neither
-    # is max_seqlen compared with them.
-    capturing = cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing()
-    if max_seqlen is not None and not capturing and _longest_sequence[cu_seqlens] > max_seqlen:
+    # The longest length is remembered with the check, so max_seqlen is compared on the
+    # host; under graph capture (None) neither is read.
+    longest = _check_values_once(cu_seqlens, total, check)
+    if max_seqlen is not None and longest is not None and longest > max_seqlen:
         raise ValueError(
             f"max_seqlen must be at least the longest sequence's length, got {max_seqlen} for a sequence of "
-            f"{_longest_sequence[cu_seqlens]} tokens"
+            f"{longest} tokens"
         )
     return cu_seqlens.shape[0] - 1
 
