@@ -14,6 +14,21 @@ namespace {
 constexpr int kPackThreads = 1024;
 constexpr int kPrefixThreads = 256;
 
+// What a run of packed sequences adds up to: chunks, relay cost, and the relay cost
+// of its longest chunk. Sums (and a maximum) combine runs: one scan computes all three.
+struct PackedCounts {
+    int64_t chunks, cost;
+    int longest;
+};
+__device__ __forceinline__ PackedCounts combine(PackedCounts a, PackedCounts b) {
+    return {a.chunks + b.chunks, a.cost + b.cost, max(a.longest, b.longest)};
+}
+__device__ __forceinline__ int shfl_up(int x, int offset) { return __shfl_up_sync(0xffffffffu, x, offset); }
+__device__ __forceinline__ PackedCounts shfl_up(PackedCounts x, int offset) {
+    return {__shfl_up_sync(0xffffffffu, x.chunks, offset), __shfl_up_sync(0xffffffffu, x.cost, offset),
+            __shfl_up_sync(0xffffffffu, x.longest, offset)};
+}
+
 // Exclusive scan over the CTA's threads of `x` under `op` (identity `zero`);
 // `total` gets the reduction of all. Every thread calls it. Warp shuffles, then one
 // warp over the warps' totals: three barriers (the pass is on every packed call's
@@ -25,7 +40,7 @@ __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     auto warp_inclusive_scan = [&](V value) {
         for (int offset = 1; offset < 32; offset *= 2) {
-            const V other = __shfl_up_sync(0xffffffffu, value, offset);
+            const V other = shfl_up(value, offset);
             if (lane >= offset) value = op(value, other);
         }
         return value;
@@ -35,7 +50,7 @@ __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
     __syncthreads();
     if (warp == 0) warp_totals[lane] = warp_inclusive_scan(warp_totals[lane]);
     __syncthreads();
-    const V before_lane = __shfl_up_sync(0xffffffffu, inclusive, 1);
+    const V before_lane = shfl_up(inclusive, 1);
     const V exclusive = op(warp > 0 ? warp_totals[warp - 1] : zero, lane > 0 ? before_lane : zero);
     *total = warp_totals[31];
     __syncthreads();  // warp_totals is reused by the next call
@@ -48,6 +63,8 @@ __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
 // input, which the Python side checks; invalid input then cannot send the sweep
 // out of bounds). chunk_start and relay_start are the exclusive sums of the
 // sequences' chunk counts and relay costs; longest_chunk the largest cost of one chunk.
+// Each thread packs a run of entries: two scans over the runs, and no value makes a
+// round trip through global memory.
 __global__ void __launch_bounds__(kPackThreads)
     prepare_relay_kernel(const __grid_constant__ LinearAttnBatch batch, int flag_count) {
     if (blockIdx.y == 0)
@@ -64,47 +81,43 @@ __global__ void __launch_bounds__(kPackThreads)
                                              : static_cast<const int32_t*>(p.cu_seqlens)[n];
         return int(x < 0 ? 0 : x > p.seqlen ? p.seqlen : x);
     };
-    auto max_op = [](auto a, auto b) { return max(a, b); };
-    auto sum_op = [](auto a, auto b) { return a + b; };
 
-    // seq_start: a running maximum over the entries.
-    int local_max = 0, unused = 0;
-    for (int n = begin; n < end; ++n) local_max = max(local_max, clamped_cu(n));
-    int running = block_exclusive_scan(local_max, 0, max_op, &unused);
-    for (int n = begin; n < end; ++n) {
-        running = max(running, clamped_cu(n));
-        plan.seq_start[n] = running;
-    }
-    __syncthreads();  // seq_start[n + 1] may be another thread's
+    // seq_start: a running maximum over the entries. The run's last sequence ends at
+    // the next run's first start, which this thread computes as well.
+    int run_max = 0, unused = 0;
+    for (int n = begin; n < end; ++n) run_max = max(run_max, clamped_cu(n));
+    const int start_before = block_exclusive_scan(run_max, 0, [](int a, int b) { return max(a, b); }, &unused);
+    const int end_start = end < entries ? max(max(start_before, run_max), clamped_cu(end)) : 0;
 
-    // Per sequence: chunks, relay cost, and the cost of its longest chunk.
-    const int seq_end = min(end, p.num_seqs);
-    auto blocks_of_seq = [&](int n) { return blocks_of(plan.seq_start[n + 1] - plan.seq_start[n]); };
-    int64_t local_chunks = 0, local_cost = 0;
-    int local_longest = 1;
-    for (int n = begin; n < seq_end; ++n) {
-        const int blocks = blocks_of_seq(n);
-        local_chunks += chunks_of(blocks, plan.chunk_blocks);
-        local_cost += relay_cost(blocks);
-        local_longest = max(local_longest, longest_chunk_of(blocks, plan.chunk_blocks));
-    }
-    int64_t total_chunks = 0, total_cost = 0;
-    int64_t chunk_first = block_exclusive_scan(local_chunks, int64_t(0), sum_op, &total_chunks);
-    int64_t cost_first = block_exclusive_scan(local_cost, int64_t(0), sum_op, &total_cost);
-    int longest = 1;
-    block_exclusive_scan(local_longest, 1, max_op, &longest);
-    for (int n = begin; n < seq_end; ++n) {
-        const int blocks = blocks_of_seq(n);
-        plan.chunk_start[n] = chunk_first;
-        plan.relay_start[n] = cost_first;
-        chunk_first += chunks_of(blocks, plan.chunk_blocks);
-        cost_first += relay_cost(blocks);
-    }
-    if (threadIdx.x == 0) {
-        plan.chunk_start[p.num_seqs] = total_chunks;
-        plan.relay_start[p.num_seqs] = total_cost;
-        *plan.longest_chunk = longest;
-    }
+    // The run's entries in order: f(n, seq_start[n], the counts of sequence n (none
+    // for the last entry, which starts no sequence)).
+    const PackedCounts none{0, 0, 1};
+    auto walk_run = [&](auto&& f) {
+        for (int n = begin, start = start_before; n < end; ++n) {
+            start = max(start, clamped_cu(n));
+            if (n == p.num_seqs) {
+                f(n, start, none);
+                continue;
+            }
+            const int next_start = n + 1 < end ? max(start, clamped_cu(n + 1)) : end_start;
+            const int blocks = blocks_of(next_start - start);
+            f(n, start,
+              PackedCounts{chunks_of(blocks, plan.chunk_blocks), relay_cost(blocks),
+                           longest_chunk_of(blocks, plan.chunk_blocks)});
+        }
+    };
+    PackedCounts run = none;
+    walk_run([&](int, int, PackedCounts counts) { run = combine(run, counts); });
+    PackedCounts total{};
+    PackedCounts before = block_exclusive_scan(
+        run, none, [](PackedCounts a, PackedCounts b) { return combine(a, b); }, &total);
+    walk_run([&](int n, int start, PackedCounts counts) {
+        plan.seq_start[n] = start;
+        plan.chunk_start[n] = before.chunks;
+        plan.relay_start[n] = before.cost;
+        before = combine(before, counts);
+    });
+    if (threadIdx.x == 0) *plan.longest_chunk = total.longest;
 }
 
 // One CTA per part of a slab, `parts` per (sequence, head, v slice) of each chunked
