@@ -15,7 +15,8 @@ constexpr int kPackThreads = 1024;
 constexpr int kPrefixThreads = 256;
 
 // What a run of packed sequences adds up to: chunks, relay cost, and the relay cost
-// of its longest chunk. Sums (and a maximum) combine runs: one scan computes all three.
+// of its longest chunk (at least 1). Sums (and a maximum) combine runs: one scan
+// computes all three.
 struct PackedCounts {
     int64_t chunks, cost;
     int longest;
@@ -23,7 +24,10 @@ struct PackedCounts {
 __device__ __forceinline__ PackedCounts combine(PackedCounts a, PackedCounts b) {
     return {a.chunks + b.chunks, a.cost + b.cost, max(a.longest, b.longest)};
 }
-__device__ __forceinline__ int shfl_up(int x, int offset) { return __shfl_up_sync(0xffffffffu, x, offset); }
+template <typename V>
+__device__ __forceinline__ V shfl_up(V x, int offset) {
+    return __shfl_up_sync(0xffffffffu, x, offset);
+}
 __device__ __forceinline__ PackedCounts shfl_up(PackedCounts x, int offset) {
     return {__shfl_up_sync(0xffffffffu, x.chunks, offset), __shfl_up_sync(0xffffffffu, x.cost, offset),
             __shfl_up_sync(0xffffffffu, x.longest, offset)};
@@ -103,7 +107,7 @@ __global__ void __launch_bounds__(kPackThreads)
             const int blocks = blocks_of(next_start - start);
             f(n, start,
               PackedCounts{chunks_of(blocks, plan.chunk_blocks), relay_cost(blocks),
-                           longest_chunk_of(blocks, plan.chunk_blocks)});
+                           relay_cost(longest_chunk_of(blocks, plan.chunk_blocks))});
         }
     };
     PackedCounts run = none;
