@@ -133,10 +133,10 @@ __global__ void __launch_bounds__(kPrefixThreads)
     const LinearAttnParams& p = batch.problems[blockIdx.y];
     const ChunkPlan& plan = batch.chunks[blockIdx.y];
     const int part = blockIdx.x % parts;
-    const int slab_index = blockIdx.x / parts;
-    const int v_tile = slab_index % v_tiles_per_head;
-    const int h = (slab_index / v_tiles_per_head) % heads;
-    const int n = slab_index / v_tiles_per_head / heads;
+    const int slab_number = blockIdx.x / parts;  // of (sequence, head, v slice)
+    const int v_tile = slab_number % v_tiles_per_head;
+    const int h = (slab_number / v_tiles_per_head) % heads;
+    const int n = slab_number / v_tiles_per_head / heads;
     if (!plan.chunked || n >= p.num_seqs || h >= p.heads || v_tile >= batch.v_tiles[blockIdx.y]) return;
     const int num_chunks = sequence_chunk(p, plan, n, 0).num_chunks;
     if (num_chunks <= 1) return;

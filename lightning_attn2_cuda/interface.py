@@ -471,7 +471,7 @@ def lightning_attn(
         raise RuntimeError(f"lightning_attn2_cuda: the CUDA extension is not built ({_C_IMPORT_ERROR})")
     return _LightningAttnCUDA.apply(
         q, k, v, slope, initial_state, cu_seqlens, rates, scale, layout, num_seqs, output_final_state,
-        -1 if max_seqlen is None else int(max_seqlen),
+        -1 if max_seqlen is None else min(int(max_seqlen), MAX_CUDA_SEQLEN),  # any bound >= 0 fits the int64 argument
     )  # fmt: skip
 
 

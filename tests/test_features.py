@@ -100,13 +100,13 @@ def test_states_and_packing_match_float64(device, dtype, shape, decay, poison_al
     assert_matches_float64(SHAPES[shape], dtype, device, decay)
 
 
-@pytest.mark.parametrize("max_seqlen", [1024, 5648])
+@pytest.mark.parametrize("max_seqlen", [1024, 5648, 2**70])
 @pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
 def test_max_seqlen_matches_float64(device, dtype, max_seqlen, poison_allocations):
     """Without max_seqlen these 5648 tokens are planned as chunks of 16 blocks (1024
     tokens) with state and prefix passes; with the exact bound 1024 no sequence is
-    cut and those passes are skipped; with the loose bound (the total) the plan is
-    as without it."""
+    cut and those passes are skipped; with a loose bound (the total, or one past
+    int64) the plan is as without it."""
     shape = (1, 2, [1000, 900, 1024, 0, 700, 1000, 1024], None, 64, 32)
     assert_matches_float64(shape, dtype, device, "alibi", max_seqlen=max_seqlen)
 
