@@ -14,10 +14,11 @@ the script exits 1 only when "ours" fails (after writing the results) or no CUDA
 visible. To add rows, write a function that returns rows and append it to CASES.
 
 Two more tables:
-- varlen: 16 packed sequences of mixed lengths totalling 65536 tokens, H = 16, [1, T, H, D]
-  with cu_seqlens (ours, without and with max_seqlen, and FLA chunk_simple_gla), beside ours
-  on the same tokens as an equal-length batch of 16 x 4096; then the same for 64 shorter
-  sequences (64 x 1024).
+- varlen: 16 packed sequences of mixed lengths totalling 65536 tokens, H = 16, with
+  cu_seqlens: ours in [1, T, H, D] without and with max_seqlen, and FLA chunk_simple_gla;
+  beside ours on the same tokens as an equal-length batch of 16 x 4096 in the same layout;
+  then ours packed (max_seqlen) and equal-length again in [B, H, N, D]. Then the same for
+  64 shorter sequences (64 x 1024).
 - decode: one token per sequence against fp32 states (B64 H32 and B256 H16): ours
   lightning_attn_decode updating the cache in place, FLA fused_recurrent_simple_gla with
   initial_state and output_final_state. Reported as state bytes read + written per second
@@ -165,7 +166,8 @@ def timed_row(case, name, b, h, n, load, layout, args, ctx, **extra):
     """One implementation's fwd / fwd+bwd row on [b, h, n] inputs; an anchor that fails
     gets a note instead of times and does not end the run."""
     tensor_bytes = b * h * n * D * 2
-    row = {"case": case, "impl": name, "B": b, "H": h, "N": n, "D": D, "E": E, "dtype": "bf16", **extra,
+    row = {"case": case, "impl": name, "B": b, "H": h, "N": n, "D": D, "E": E, "dtype": "bf16", "layout": layout,
+           **extra,
            "fwd_ms": None, "fwdbwd_ms": None, "peak_mib": None,
            "floor_fwd_ms": FWD_TENSORS * tensor_bytes / (ctx["copy_tbps"] * 1e9),
            "floor_fwdbwd_ms": FWDBWD_TENSORS * tensor_bytes / (ctx["copy_tbps"] * 1e9),
@@ -227,24 +229,34 @@ def varlen_rows_of(seqs, args, ctx):
     cu = torch.tensor([0] + lengths, device="cuda").cumsum(0)
     s = alibi_slopes(VARLEN_HEADS)
 
-    def ours_packed(max_seqlen=None):
+    def ours_packed(layout, max_seqlen=None):
         import lightning_attn2_cuda
         cu32 = cu.to(torch.int32)
         return lambda q, k, v: lightning_attn2_cuda.lightning_attn(
-            q, k, v, s, 1.0, cu_seqlens=cu32, max_seqlen=max_seqlen, layout="BNHD"
+            q, k, v, s, 1.0, cu_seqlens=cu32, max_seqlen=max_seqlen, layout=layout
         )
+
+    def ours_equal_length(layout):
+        import lightning_attn2_cuda
+        return lambda q, k, v: lightning_attn2_cuda.lightning_attn(q, k, v, s, 1.0, layout=layout)
 
     def fla_packed():
         from fla.ops.simple_gla import chunk_simple_gla
         return lambda q, k, v: chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0, cu_seqlens=cu)[0]
 
-    impls = {"ours": (ours_packed, (1, VARLEN_TOKENS), "BTHD"),
-             "ours_max_seqlen": (lambda: ours_packed(max(lengths)), (1, VARLEN_TOKENS), "BTHD"),
-             "ours_equal_length": (lambda: LOADERS["ours"](s), (seqs, VARLEN_TOKENS // seqs), "BHND"),
-             "fla_chunk": (fla_packed, (1, VARLEN_TOKENS), "BTHD")}
-    selected_by = {"ours_max_seqlen": "ours", "ours_equal_length": "ours"}  # rows that --impls ours adds
+    # Packed and equal-length in each of ours' layouts, so that each pair is compared on
+    # the same memory order: in BNHD the equal-length batch is the packed tensor itself,
+    # viewed as [seqs, T / seqs, H, D].
+    packed, equal = (1, VARLEN_TOKENS), (seqs, VARLEN_TOKENS // seqs)
+    impls = {"ours": (lambda: ours_packed("BNHD"), packed, "BNHD"),
+             "ours_max_seqlen": (lambda: ours_packed("BNHD", max(lengths)), packed, "BNHD"),
+             "ours_equal_length": (lambda: ours_equal_length("BNHD"), equal, "BNHD"),
+             "ours_max_seqlen_bhnd": (lambda: ours_packed("BHND", max(lengths)), packed, "BHND"),
+             "ours_equal_length_bhnd": (lambda: ours_equal_length("BHND"), equal, "BHND"),
+             "fla_chunk": (fla_packed, packed, "BTHD")}
     return [timed_row("varlen", name, b, VARLEN_HEADS, n, load, layout, args, ctx, seqs=seqs, lengths=lengths)
-            for name, (load, (b, n), layout) in impls.items() if selected_by.get(name, name) in args.impls]
+            for name, (load, (b, n), layout) in impls.items()
+            if (name if name == "fla_chunk" else "ours") in args.impls]  # --impls ours selects all of ours' rows
 
 
 def decode_rows(args, ctx):
@@ -331,13 +343,24 @@ def varlen_markdown(rows):
                    f"(lengths {min(rs[0]['lengths'])} to {max(rs[0]['lengths'])}; equal length "
                    f"{VARLEN_TOKENS // seqs}); floor {fmt(rs[0]['floor_fwd_ms'])} / "
                    f"{fmt(rs[0]['floor_fwdbwd_ms'])} ms.",
-                   "", "| impl | fwd / fwd+bwd ms | vs ours packed fwd / fwd+bwd | / floor fwd / fwd+bwd | peak MiB |",
-                   "|---|---|---|---|---|"]
+                   "", "| impl | layout | fwd / fwd+bwd ms | vs ours packed fwd / fwd+bwd | / floor fwd / fwd+bwd "
+                   "| peak MiB |",
+                   "|---|---|---|---|---|---|"]
         for r in rs:
             vs = " / ".join(fmt_ratio(r[t], ours[t]) if ours else "—" for t in ("fwd_ms", "fwdbwd_ms"))
             floor = " / ".join(fmt_ratio(r[t], r[f"floor_{t}"]) for t in ("fwd_ms", "fwdbwd_ms"))
             peak = "—" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-            tables.append(f"| {r['impl']} | {fmt(r['fwd_ms'])} / {fmt(r['fwdbwd_ms'])} | {vs} | {floor} | {peak} |")
+            tables.append(f"| {r['impl']} | {r['layout']} | {fmt(r['fwd_ms'])} / {fmt(r['fwdbwd_ms'])} | {vs} | "
+                          f"{floor} | {peak} |")
+        by_impl = {r["impl"]: r for r in rs}
+        pairs = [(layout, by_impl.get(f"ours_max_seqlen{suffix}"), by_impl.get(f"ours_equal_length{suffix}"))
+                 for layout, suffix in (("BNHD", ""), ("BHND", "_bhnd"))]
+        speeds = [f"{layout} " + " / ".join("—" if p[t] is None or e[t] is None else f"{e[t] / p[t]:.3f}×"
+                                            for t in ("fwd_ms", "fwdbwd_ms"))
+                  for layout, p, e in pairs if p and e]
+        if speeds:
+            tables += ["", "Packed (max_seqlen) speed as a multiple of equal-length in the same layout, fwd / "
+                       "fwd+bwd: " + "; ".join(speeds) + "."]
         tables.append("")
     return "\n".join(tables).rstrip()
 

@@ -11,10 +11,15 @@ gets it to a fixed relative error. Its error is bounded instead relative to the 
 of the absolute contributions of the tokens, as a sum of terms each accurate to the
 bound would be (slope_error).
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from conftest import DECAYS, TOLERANCE, float64_reference, relative_l2, requires_cuda
+import lightning_attn2_cuda
 from lightning_attn2_cuda import lightning_attn, lightning_attn_decode, reference
 
 DEVICES_AND_DTYPES = [("cpu", torch.float32)] + [
@@ -297,26 +302,112 @@ def test_final_state_alone_gets_a_gradient(device, dtype, poison_allocations):
     assert slope_error(grads[3], expected[3], scale) <= TOLERANCE[dtype]
 
 
-@requires_cuda
-def test_packed_call_captures_in_a_cuda_graph():
-    """No host sync in the call: a packed forward captured once replays with new
-    boundaries and inputs copied into the same buffers."""
-    q, k, v, slope, _, cu_seqlens = make_problem(SHAPES["packed-chunked"], torch.bfloat16, "cuda", "alibi")
-    static = [x.clone() for x in (q, k, v)]
-    static_cu = cu_seqlens.clone()
-    lightning_attn(*static, slope, 0.5, cu_seqlens=static_cu)  # checks values, warms up
+def captured(step, static_inputs):
+    """step(*static_inputs) captured in a CUDA graph after one eager warm-up call (which
+    checks the values and loads torch's own kernels, as torch asks before a capture):
+    the graph and the outputs it writes on each replay."""
+    step(*static_inputs)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream), torch.cuda.graph(graph):
-        out = lightning_attn(*static, slope, 0.5, cu_seqlens=static_cu)
+        outputs = step(*static_inputs)
     torch.cuda.current_stream().wait_stream(stream)
-    new = [torch.randn_like(x) for x in static]
-    new_cu = torch.tensor([0, 7, 7, 3000, 6000, 6621], device="cuda", dtype=torch.int32)
-    for x, y in zip(static + [static_cu], new + [new_cu]):
+    return graph, outputs
+
+
+def flat(outputs):
+    return [x for item in outputs for x in (item if isinstance(item, (tuple, list)) else (item,))]
+
+
+@requires_cuda
+def test_packed_training_step_captures_in_a_cuda_graph():
+    """No host sync in forward or backward: a packed call with states, cut into chunks,
+    captured with every gradient (q, k, v, slope, initial state; losses on o and the
+    final state) replays with new boundaries and inputs copied into its buffers, bit for
+    bit as an eager call on them."""
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["packed-chunked"], torch.bfloat16, "cuda", "alibi")
+    dout = torch.randn(*q.shape[:3], v.shape[3], device="cuda", dtype=q.dtype)
+    static = [x.clone() for x in (q, k, v, slope, state, cu_seqlens, dout, torch.randn_like(state))]
+
+    def step(q, k, v, slope, state, cu_seqlens, dout, d_final):
+        return run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+
+    graph, outputs = captured(step, static)
+    new = [torch.randn_like(x) for x in static[:3]] + [2 * slope, torch.randn_like(state)]  # rates stay >= 0
+    new += [torch.tensor([0, 7, 7, 3000, 6000, 6621], device="cuda", dtype=torch.int32)]
+    new += [torch.randn_like(x) for x in static[6:]]
+    for x, y in zip(static, new):
         x.copy_(y)
     graph.replay()
-    assert torch.equal(out, lightning_attn(*new, slope, 0.5, cu_seqlens=new_cu))
+    for x, expected in zip(flat(outputs), flat(step(*new))):
+        assert torch.equal(x, expected)
+
+
+@requires_cuda
+def test_decode_step_captures_in_a_cuda_graph():
+    """A serving loop's decode step, captured once, replays with new tokens, a new slot
+    mapping (-1 included) and new cache contents as an eager step does, bit for bit."""
+    batch, heads, dim_qk, dim_v, rows = 6, 4, 128, 64, 9
+    q, k = (torch.randn(batch, heads, dim_qk, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(batch, heads, dim_v, device="cuda", dtype=torch.bfloat16)
+    cache = torch.randn(rows, heads, dim_qk, dim_v, device="cuda")
+    slots = torch.tensor([3, -1, 0, 8, 5, 1], device="cuda")
+    slope = DECAYS["alibi"](heads).cuda()
+    static = [q, k, v, cache, slots]
+
+    def step(q, k, v, cache, slots):
+        with torch.no_grad():
+            return lightning_attn_decode(q, k, v, cache, slope, 0.5, state_indices=slots)
+
+    graph, o = captured(step, static)
+    new = [torch.randn_like(x) for x in static[:4]] + [torch.tensor([-1, 2, 7, 0, 4, 3], device="cuda")]
+    for x, y in zip(static, new):
+        x.copy_(y)
+    graph.replay()
+    expected = step(*new)  # updates new[3], a copy of the cache before the replay
+    assert torch.equal(o, expected)
+    assert torch.equal(cache, new[3])
+
+
+# A process's first calls of the library, made under a CUDA graph capture with no
+# warm-up: the kernels' attributes, occupancy and module loading are set up then.
+FIRST_CALLS_CAPTURED = """
+import torch
+from lightning_attn2_cuda import build_slopes, lightning_attn, lightning_attn_decode
+
+q, k, v = (torch.randn(1, 2, 700, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+cu_seqlens = torch.tensor([0, 300, 300, 700], device="cuda", dtype=torch.int32)
+state = torch.randn(3, 2, 64, 64, device="cuda")
+slope = build_slopes(2, device="cuda")
+dq, dk, dv = (torch.randn(3, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+cache = torch.randn(4, 2, 64, 64, device="cuda")
+slots = torch.tensor([2, -1, 0], device="cuda")
+eager_cache = cache.clone()
+stream = torch.cuda.Stream()
+stream.wait_stream(torch.cuda.current_stream())
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.stream(stream), torch.cuda.graph(graph):
+    o, final = lightning_attn(q, k, v, slope, 0.5, initial_state=state, output_final_state=True, cu_seqlens=cu_seqlens)
+    o_decode = lightning_attn_decode(dq, dk, dv, cache, slope, 0.5, state_indices=slots)
+torch.cuda.current_stream().wait_stream(stream)
+graph.replay()
+o_eager, final_eager = lightning_attn(q, k, v, slope, 0.5, initial_state=state, output_final_state=True,
+                                     cu_seqlens=cu_seqlens)
+decode_eager = lightning_attn_decode(dq, dk, dv, eager_cache, slope, 0.5, state_indices=slots)
+for name, x, y in (("o", o, o_eager), ("final_state", final, final_eager), ("decode o", o_decode, decode_eager),
+                   ("state_cache", cache, eager_cache)):
+    assert torch.equal(x, y), name
+"""
+
+
+@requires_cuda
+def test_first_calls_of_a_process_capture_in_a_cuda_graph():
+    package_root = os.path.dirname(os.path.dirname(lightning_attn2_cuda.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", FIRST_CALLS_CAPTURED], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @requires_cuda
