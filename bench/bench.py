@@ -47,9 +47,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # per-head slopes s (float32 [H], decay exp(-s)); the import happens here so that a
 # missing anchor only costs its own rows. LAYOUT says how the loader wants q, k, v.
 
-def load_ours(s):
+def load_ours(s, **options):
+    """options: lightning_attn's keyword arguments (layout, cu_seqlens, max_seqlen)."""
     import lightning_attn2_cuda
-    return lambda q, k, v: lightning_attn2_cuda.lightning_attn(q, k, v, s, scale=1.0)
+    return lambda q, k, v: lightning_attn2_cuda.lightning_attn(q, k, v, s, scale=1.0, **options)
 
 
 def load_official(s):
@@ -230,29 +231,21 @@ def varlen_rows_of(seqs, args, ctx):
     s = alibi_slopes(VARLEN_HEADS)
 
     def ours_packed(layout, max_seqlen=None):
-        import lightning_attn2_cuda
-        cu32 = cu.to(torch.int32)
-        return lambda q, k, v: lightning_attn2_cuda.lightning_attn(
-            q, k, v, s, 1.0, cu_seqlens=cu32, max_seqlen=max_seqlen, layout=layout
-        )
-
-    def ours_equal_length(layout):
-        import lightning_attn2_cuda
-        return lambda q, k, v: lightning_attn2_cuda.lightning_attn(q, k, v, s, 1.0, layout=layout)
+        return load_ours(s, layout=layout, cu_seqlens=cu.to(torch.int32), max_seqlen=max_seqlen)
 
     def fla_packed():
         from fla.ops.simple_gla import chunk_simple_gla
         return lambda q, k, v: chunk_simple_gla(q, k, v, g_gamma=-s, scale=1.0, cu_seqlens=cu)[0]
 
     # Packed and equal-length in each of ours' layouts, so that each pair is compared on
-    # the same memory order: in BNHD the equal-length batch is the packed tensor itself,
-    # viewed as [seqs, T / seqs, H, D].
+    # the same memory order: in BNHD the equal-length batch [seqs, T / seqs, H, D] is
+    # laid out as the packed [1, T, H, D].
     packed, equal = (1, VARLEN_TOKENS), (seqs, VARLEN_TOKENS // seqs)
     impls = {"ours": (lambda: ours_packed("BNHD"), packed, "BNHD"),
              "ours_max_seqlen": (lambda: ours_packed("BNHD", max(lengths)), packed, "BNHD"),
-             "ours_equal_length": (lambda: ours_equal_length("BNHD"), equal, "BNHD"),
+             "ours_equal_length": (lambda: load_ours(s, layout="BNHD"), equal, "BNHD"),
              "ours_max_seqlen_bhnd": (lambda: ours_packed("BHND", max(lengths)), packed, "BHND"),
-             "ours_equal_length_bhnd": (lambda: ours_equal_length("BHND"), equal, "BHND"),
+             "ours_equal_length_bhnd": (lambda: load_ours(s, layout="BHND"), equal, "BHND"),
              "fla_chunk": (fla_packed, packed, "BTHD")}
     return [timed_row("varlen", name, b, VARLEN_HEADS, n, load, layout, args, ctx, seqs=seqs, lengths=lengths)
             for name, (load, (b, n), layout) in impls.items()
