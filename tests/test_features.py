@@ -28,11 +28,12 @@ DEVICES_AND_DTYPES = [("cpu", torch.float32)] + [
 IDS = ["cpu-float32", "cuda-float32", "cuda-float16", "cuda-bfloat16"]
 # (batch, heads, sequence lengths or None, seqlen, D, E): equal-length batches and
 # packed ones, short enough to run in one CTA per sequence and long enough with few
-# heads to be cut into chunks (state, prefix and output passes).
+# heads to be cut into chunks (state, prefix and output passes). The packed lengths end
+# in blocks of every count of 16-token slabs (1, 20, 105, 63) and a full one (64).
 SHAPES = {
     "batch": (2, 3, None, 300, 64, 32),
     "batch-chunked": (1, 2, None, 5000, 32, 72),
-    "packed": (1, 3, [0, 1, 63, 64, 65, 700, 3, 0], None, 64, 32),
+    "packed": (1, 3, [0, 1, 63, 64, 65, 700, 3, 0, 20, 105], None, 64, 32),
     "packed-chunked": (1, 2, [2500, 20, 0, 4100, 1], None, 72, 64),
 }
 
