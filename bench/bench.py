@@ -18,7 +18,8 @@ Two more tables:
   cu_seqlens: ours in [1, T, H, D] without and with max_seqlen, and FLA chunk_simple_gla;
   beside ours on the same tokens as an equal-length batch of 16 x 4096 in the same layout;
   then ours packed (max_seqlen) and equal-length again in [B, H, N, D]. Then the same for
-  64 shorter sequences (64 x 1024).
+  64 shorter sequences (64 x 1024) and 512 short ones (512 x 128), where a sequence's
+  partial last block is a large share of its blocks.
 - decode: one token per sequence against fp32 states (B64 H32 and B256 H16): ours
   lightning_attn_decode updating the cache in place, FLA fused_recurrent_simple_gla with
   initial_state and output_final_state. Reported as state bytes read + written per second
@@ -204,7 +205,7 @@ def dense_causal_rows(args, ctx):
 
 
 VARLEN_TOKENS, VARLEN_HEADS = 65536, 16
-VARLEN_SEQS = [16, 64]  # sequences per packed batch, one table row group each
+VARLEN_SEQS = [16, 64, 512]  # sequences per packed batch, one table row group each
 DECODE_SHAPES = [(64, 32), (256, 16)]
 # Which --impls select each decode row: ours, and FLA's fused recurrent kernel (its
 # decode path, which no loader names) with either FLA loader.
