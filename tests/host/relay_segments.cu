@@ -1,0 +1,161 @@
+// Host check of the output pass's work mapping (RelaySegment in csrc/sequences.cuh):
+// over random launches of dense and packed problems, with the tables the preparing pass
+// would write, the segments' pieces sweep every block of every (problem, head,
+// sequence, chunk) exactly once, each job of no blocks once, and every chunk cut by a
+// segment boundary is handed from the head piece at the start of segment s + 1 to the
+// tail piece that ends segment s, block to block. Built and run by
+// tests/test_host_mapping.py; prints "ok" and the counts, or the first failure.
+#include <cstdio>
+#include <map>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "sequences.cuh"
+
+using namespace lightning_attn2;
+
+namespace {
+
+std::mt19937_64 rng(1);
+int uniform(int lo, int hi) { return lo + int(rng() % uint64_t(hi - lo + 1)); }
+
+// One problem's sequence lengths and the host copy of its packed tables.
+struct Problem {
+    std::vector<int> lengths;
+    bool packed;
+    std::vector<int> seq_start;
+    std::vector<int64_t> chunk_start, relay_start;
+    int longest = 1;
+};
+
+void make_plan(Problem& x, LinearAttnParams& p, ChunkPlan& plan) {
+    p = LinearAttnParams{};
+    plan = ChunkPlan{};
+    p.heads = uniform(1, 5);
+    p.num_seqs = int(x.lengths.size());
+    plan.chunk_blocks = uniform(1, 12);
+    if (!x.packed) {
+        p.batch = p.num_seqs;
+        p.seqlen = x.lengths[0];
+        plan.chunks_per_seq = chunks_of(blocks_of(p.seqlen), plan.chunk_blocks);
+        return;
+    }
+    p.batch = 1;
+    p.cu_seqlens = &p;  // any non-null: packed
+    x.seq_start.assign(1, 0);
+    x.chunk_start.assign(1, 0);
+    x.relay_start.assign(1, 0);
+    for (int length : x.lengths) {  // the preparing pass's scans
+        const int blocks = blocks_of(length);
+        x.seq_start.push_back(x.seq_start.back() + length);
+        x.chunk_start.push_back(x.chunk_start.back() + chunks_of(blocks, plan.chunk_blocks));
+        x.relay_start.push_back(x.relay_start.back() + relay_cost(blocks));
+        x.longest = std::max(x.longest, relay_cost(longest_chunk_of(blocks, plan.chunk_blocks)));
+    }
+    p.seqlen = x.seq_start.back();
+    plan.seq_start = x.seq_start.data();
+    plan.chunk_start = x.chunk_start.data();
+    plan.relay_start = x.relay_start.data();
+    plan.longest_chunk = &x.longest;
+}
+
+}  // namespace
+
+int main() {
+    long launches = 0, pieces = 0, handoffs = 0;
+    for (int trial = 0; trial < 20000; ++trial) {
+        LinearAttnBatch batch{};
+        batch.num_problems = uniform(1, kMaxProblems);
+        std::vector<Problem> problems(batch.num_problems);
+        for (int i = 0; i < batch.num_problems; ++i) {
+            Problem& x = problems[i];
+            x.packed = rng() % 2;
+            const int seqs = uniform(x.packed ? 0 : 1, 12);
+            const int longest = uniform(0, rng() % 4 == 0 ? 3000 : 300);
+            const int dense_length = uniform(0, longest);
+            for (int n = 0; n < seqs; ++n) x.lengths.push_back(x.packed ? uniform(0, longest) : dense_length);
+            if (!x.packed && seqs == 0) x.lengths.push_back(dense_length);
+            make_plan(x, batch.problems[i], batch.chunks[i]);
+            batch.v_tiles[i] = 1;
+        }
+        batch.relay.segments = uniform(1, 300);
+
+        // (problem, head, sequence, chunk) -> blocks swept, block by block; and the
+        // pieces of each segment in order.
+        std::map<std::tuple<int, int, int, int>, std::vector<int>> swept;
+        std::vector<std::vector<SweepPiece>> by_segment(batch.relay.segments);
+        for (int s = 0; s < batch.relay.segments; ++s) {
+            RelaySegment segment = RelaySegment::of(batch, s);
+            SweepPiece piece;
+            while (segment.next(batch, piece)) {
+                by_segment[s].push_back(piece);
+                auto& blocks = swept[{piece.problem, piece.head, piece.work.seq, piece.work.chunk}];
+                if (piece.first_block == piece.end_block) blocks.push_back(-1);  // a job of no blocks
+                for (int b = piece.first_block; b < piece.end_block; ++b) blocks.push_back(b);
+                ++pieces;
+            }
+        }
+        // Every job is swept whole, once.
+        for (int i = 0; i < batch.num_problems; ++i) {
+            const LinearAttnParams& p = batch.problems[i];
+            const ChunkPlan& plan = batch.chunks[i];
+            for (int h = 0; h < p.heads; ++h)
+                for (int n = 0; n < p.num_seqs; ++n) {
+                    const SequenceChunk first = sequence_chunk(p, plan, n, 0);
+                    const int blocks = blocks_of(first.length);
+                    for (int c = 0; c < first.num_chunks; ++c) {
+                        std::vector<int> expected;
+                        const int begin = c * plan.chunk_blocks, end = std::min(blocks, begin + plan.chunk_blocks);
+                        if (begin >= end) expected.push_back(-1);
+                        for (int b = begin; b < end; ++b) expected.push_back(b);
+                        auto found = swept.find({i, h, n, c});
+                        std::vector<int> got = found == swept.end() ? std::vector<int>{} : found->second;
+                        std::sort(got.begin(), got.end());
+                        if (got != expected) {
+                            printf("FAIL trial %d: problem %d head %d seq %d chunk %d swept %zu blocks of %zu\n", trial,
+                                   i, h, n, c, got.size(), expected.size());
+                            return 1;
+                        }
+                        swept.erase(found);
+                    }
+                }
+        }
+        if (!swept.empty()) {
+            printf("FAIL trial %d: %zu jobs swept that do not exist\n", trial, swept.size());
+            return 1;
+        }
+        // A tail piece (not starting its chunk) ends its segment and continues, block to
+        // block, the head piece that starts segment s + 1 and leaves its hand-off.
+        for (int s = 0; s < batch.relay.segments; ++s) {
+            const auto& mine = by_segment[s];
+            for (size_t k = 0; k < mine.size(); ++k) {
+                const SweepPiece& tail = mine[k];
+                if (tail.starts_chunk) continue;
+                const bool ok = k + 1 == mine.size() && s + 1 < batch.relay.segments && !by_segment[s + 1].empty() &&
+                                [&] {
+                                    const SweepPiece& head = by_segment[s + 1].front();
+                                    return head.handoff_to == s + 1 && head.starts_chunk &&
+                                           head.problem == tail.problem && head.head == tail.head &&
+                                           head.work.seq == tail.work.seq && head.work.chunk == tail.work.chunk &&
+                                           head.end_block == tail.first_block;
+                                }();
+                if (!ok) {
+                    printf("FAIL trial %d: segment %d piece %zu waits for a hand-off that does not match\n", trial, s,
+                           k);
+                    return 1;
+                }
+                ++handoffs;
+            }
+            for (size_t k = 0; k < mine.size(); ++k) {
+                if (mine[k].handoff_to >= 0 && (k != 0 || mine[k].handoff_to != s)) {
+                    printf("FAIL trial %d: segment %d piece %zu leaves a hand-off out of place\n", trial, s, k);
+                    return 1;
+                }
+            }
+        }
+        ++launches;
+    }
+    printf("ok: %ld launches, %ld pieces, %ld hand-offs\n", launches, pieces, handoffs);
+    return 0;
+}
