@@ -87,6 +87,10 @@ int main() {
         chunks += expected;
         ++problems;
     }
+    if (chunks == 0) {
+        printf("FAIL: no chunks checked\n");
+        return 1;
+    }
     printf("ok: %ld problems, %ld chunks that are not last, each reached once\n", problems, chunks);
     return 0;
 }
