@@ -70,7 +70,7 @@ struct LinearAttnParams {
     // Packed sequences: the longest one's token count as the caller knows it, or -1.
     // Only the plan reads it (no sequence is cut when it fits one chunk); a value
     // below the truth costs speed, never correctness.
-    int max_seqlen;
+    int max_seqlen = -1;
     StateTensor initial_state;  // [num_seqs, heads, dim_qk, dim_v]
     bool initial_state_undecayed;
     bool decay_derivative;

@@ -111,6 +111,11 @@ __host__ __device__ __forceinline__ int64_t relay_cost_per_head(const LinearAttn
     return plan.relay_start[p.num_seqs];
 }
 
+// Relay cost of all of problem i's heads: its length on the line.
+__host__ __device__ __forceinline__ int64_t relay_cost_of_problem(const LinearAttnBatch& batch, int i) {
+    return batch.problems[i].heads * relay_cost_per_head(batch.problems[i], batch.chunks[i]);
+}
+
 __host__ __device__ __forceinline__ int longest_chunk(const LinearAttnParams& p, const ChunkPlan& plan) {
     if (p.cu_seqlens == nullptr) return relay_cost(longest_chunk_of(blocks_of(p.seqlen), plan.chunk_blocks));
     return *plan.longest_chunk;
@@ -135,7 +140,7 @@ struct RelaySegment {
         int64_t line = 0;
         int longest = 1;
         for (int i = 0; i < batch.num_problems; ++i) {
-            line += batch.problems[i].heads * relay_cost_per_head(batch.problems[i], batch.chunks[i]);
+            line += relay_cost_of_problem(batch, i);
             longest = std::max(longest, longest_chunk(batch.problems[i], batch.chunks[i]));
         }
         const int64_t length = std::max(int64_t(longest), (line + batch.relay.segments - 1) / batch.relay.segments);
@@ -211,8 +216,7 @@ struct RelaySegment {
         if (++head < batch.problems[problem].heads) return;
         head = 0;
         do ++problem;
-        while (problem < batch.num_problems &&
-               batch.problems[problem].heads * relay_cost_per_head(batch.problems[problem], batch.chunks[problem]) == 0);
+        while (problem < batch.num_problems && relay_cost_of_problem(batch, problem) == 0);
     }
 };
 
