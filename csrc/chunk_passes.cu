@@ -124,20 +124,22 @@ __global__ void __launch_bounds__(kPackThreads)
     if (threadIdx.x == 0) *plan.longest_chunk = total.longest;
 }
 
-// One CTA per part of a slab, `parts` per (sequence, head, v slice) of each chunked
+// One CTA per part of a slab, `parts` per (candidate, head, v slice) of each chunked
 // problem: turns the chunk states X_c (chunk c's keys and values from a zero state)
-// into the states entering chunks 1, 2, ...:  E_1 = X_0,  E_{c+1} = lambda^L E_c + X_c,
-// in place.
+// of the candidate's sequence into the states entering chunks 1, 2, ...:
+// E_1 = X_0,  E_{c+1} = lambda^L E_c + X_c, in place.
 __global__ void __launch_bounds__(kPrefixThreads)
     chunk_prefix_kernel(const __grid_constant__ LinearAttnBatch batch, int heads, int v_tiles_per_head, int parts) {
     const LinearAttnParams& p = batch.problems[blockIdx.y];
     const ChunkPlan& plan = batch.chunks[blockIdx.y];
     const int part = blockIdx.x % parts;
-    const int slab_number = blockIdx.x / parts;  // of (sequence, head, v slice)
+    const int slab_number = blockIdx.x / parts;  // of (candidate, head, v slice)
     const int v_tile = slab_number % v_tiles_per_head;
     const int h = (slab_number / v_tiles_per_head) % heads;
-    const int n = slab_number / v_tiles_per_head / heads;
-    if (!plan.chunked || n >= p.num_seqs || h >= p.heads || v_tile >= batch.v_tiles[blockIdx.y]) return;
+    const int candidate = slab_number / v_tiles_per_head / heads;
+    if (candidate >= prefix_candidates(p, plan) || h >= p.heads || v_tile >= batch.v_tiles[blockIdx.y]) return;
+    const int n = prefix_sequence(p, plan, candidate);
+    if (n < 0) return;
     const int num_chunks = sequence_chunk(p, plan, n, 0).num_chunks;
     if (num_chunks <= 1) return;
     const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
@@ -178,13 +180,14 @@ cudaError_t launch_prepare_relay(const LinearAttnBatch& batch, int flag_count, c
 }
 
 cudaError_t launch_chunk_prefix(const LinearAttnBatch& batch, int num_sms, cudaStream_t stream) {
-    int seqs = 0, heads = 0, v_tiles_per_head = 0;
+    int64_t candidates = 0;
+    int heads = 0, v_tiles_per_head = 0;
     for (int i = 0; i < batch.num_problems; ++i) {
-        seqs = max(seqs, batch.problems[i].num_seqs);
+        candidates = std::max(candidates, prefix_candidates(batch.problems[i], batch.chunks[i]));
         heads = max(heads, batch.problems[i].heads);
         v_tiles_per_head = max(v_tiles_per_head, batch.v_tiles[i]);
     }
-    const int64_t slabs = int64_t(seqs) * heads * v_tiles_per_head;
+    const int64_t slabs = candidates * heads * v_tiles_per_head;
     if (slabs == 0) return cudaSuccess;
     // The pass is bound by each SM's bandwidth to L2: a slab per CTA left most SMs
     // idle when few sequences are cut (1, 16, 65536 has 32 slabs). Slabs are split

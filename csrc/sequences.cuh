@@ -103,6 +103,27 @@ __host__ __device__ __forceinline__ bool locate_state_chunk(const LinearAttnPara
     return true;
 }
 
+// ---- the prefix pass's grid
+
+// Sequence `candidate` of the prefix pass's grid: the candidate-th sequence, or, when a
+// packed problem has more sequences than chunks that are not last (state_chunks, a
+// bound the host knows), the sequence whose first chunk is state slot `candidate`, so
+// that the grid follows the chunks and not the sequences (512 short sequences, none
+// cut, are then a few CTAs, not one per sequence). -1: no sequence cut into chunks.
+__host__ __device__ __forceinline__ int prefix_sequence(const LinearAttnParams& p, const ChunkPlan& plan,
+                                                       int64_t candidate) {
+    if (p.num_seqs <= plan.state_chunks) return candidate < p.num_seqs ? int(candidate) : -1;
+    SequenceChunk first;
+    if (!locate_state_chunk(p, plan, candidate, first) || first.chunk != 0) return -1;
+    return first.seq;
+}
+
+// Candidates of a problem for prefix_sequence: no more than its sequences or its
+// chunks that are not last.
+__host__ __device__ __forceinline__ int64_t prefix_candidates(const LinearAttnParams& p, const ChunkPlan& plan) {
+    return plan.chunked ? std::min<int64_t>(p.num_seqs, plan.state_chunks) : 0;
+}
+
 // ---- the relay line of the output pass (see RelayWorkspace)
 
 // Relay cost of one head's sequences of the problem.
