@@ -1,7 +1,7 @@
 """The workload compute-sanitizer checks (run by scripts/sanitize.sh): forward and
 backward, equal-length and packed batches, states in and out, the slope gradient and
 the decode step, at small odd shapes in every dtype; packed sequences cut into chunks
-and, with max_seqlen, not."""
+and, with max_seqlen, not; sequences entering from a zero state and from a given one."""
 import torch
 
 from lightning_attn2_cuda import build_slopes, lightning_attn, lightning_attn_decode
@@ -32,8 +32,13 @@ def main():
             # long enough with one head to be cut into chunks (state, prefix, output passes)
             ql, kl, vl = (torch.randn(1, 1, 3000, d, device="cuda", dtype=dtype) for d in (DIM_QK, DIM_QK, DIM_V))
             check(lightning_attn(ql, kl, vl, slope[:1], initial_state=torch.randn(1, 1, DIM_QK, DIM_V, device="cuda")))
-            # the same tokens packed: cut into chunks, and (with max_seqlen) uncut
-            for bounds, max_seqlen in (([0, 1000, 1000, 2900, 3000], None), ([0, 1000, 1000, 2024, 3000], 1024)):
+            # the same tokens packed: cut into chunks, and (with max_seqlen) uncut; 59 short
+            # sequences and a long one, more sequences than chunks (the prefix pass's candidates)
+            for bounds, max_seqlen in (
+                ([0, 1000, 1000, 2900, 3000], None),
+                ([0, 1000, 1000, 2024, 3000], 1024),
+                (list(range(0, 600, 10)) + [3000], None),
+            ):
                 cu_long = torch.tensor(bounds, device="cuda", dtype=torch.int32)
                 check(lightning_attn(ql, kl, vl, slope[:1], cu_seqlens=cu_long, max_seqlen=max_seqlen))
         # decode: one column slice; three with a short last one (float4, then scalar columns)

@@ -54,8 +54,9 @@ def make_problem(shape, dtype, device, decay, index_dtype=torch.int32):
 
 def slope_gradient_scale(q, k, v, slope, state, cu_seqlens, scale, dout, d_final):
     """Per head, the sum over tokens t of |do_t . do_t/dslope| and over sequences of
-    |<dF, dF/dslope>|, in float64 (forward-mode derivatives of the reference)."""
-    q, k, v, slope, state = (x.detach().double() for x in (q, k, v, slope, state))
+    |<dF, dF/dslope>| (none when d_final is None), in float64 (forward-mode derivatives
+    of the reference)."""
+    q, k, v, slope, state = (None if x is None else x.detach().double() for x in (q, k, v, slope, state))
     form = reference.naive if q.shape[2] <= 1024 else reference.blockwise
 
     def run(rates):
@@ -63,6 +64,8 @@ def slope_gradient_scale(q, k, v, slope, state, cu_seqlens, scale, dout, d_final
 
     _, (do_ds, dfinal_ds) = torch.func.jvp(run, (slope,), (torch.ones_like(slope),))
     per_token = (dout.double() * do_ds).sum(-1).abs().sum(dim=(0, 2))
+    if d_final is None:
+        return per_token
     per_sequence = (d_final.double() * dfinal_ds).sum(dim=(-1, -2)).abs().sum(dim=0)
     return per_token + per_sequence
 
@@ -75,35 +78,45 @@ def slope_error(d_slope, expected, scale):
 
 
 def run_with_grads(q, k, v, slope, state, cu_seqlens, scale, dout, d_final, layout="BHND", max_seqlen=None):
-    inputs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, slope, state)]
+    """o, the final state and the gradients of q, k, v, slope and state (None when state
+    is None) of the loss <o, dout> + <final state, d_final> (no second term when d_final is None)."""
+    inputs = [None if x is None else x.detach().clone().requires_grad_(True) for x in (q, k, v, slope, state)]
     o, final = lightning_attn(
         *inputs[:3], inputs[3], scale, initial_state=inputs[4], output_final_state=True, cu_seqlens=cu_seqlens,
         max_seqlen=max_seqlen, layout=layout,
     )  # fmt: skip
-    grads = torch.autograd.grad((o * dout).sum() + (final * d_final).sum(), inputs)
-    return o, final, grads
+    loss = (o * dout).sum() + (0 if d_final is None else (final * d_final).sum())
+    given = [x for x in inputs if x is not None]
+    grads = iter(torch.autograd.grad(loss, given))
+    return o, final, tuple(None if x is None else next(grads) for x in inputs)
 
 
-def assert_matches_float64(shape, dtype, device, decay, max_seqlen=None):
-    """o, the final state and every gradient of one call against float64 autograd of the reference."""
+def assert_matches_float64(shape, dtype, device, decay, max_seqlen=None, initial_state=True):
+    """o, the final state and every gradient of one call against float64 autograd of the
+    reference; initial_state False: every sequence enters from a zero state."""
     q, k, v, slope, state, cu_seqlens = make_problem(shape, dtype, device, decay)
+    if not initial_state:
+        state = None  # and no loss on the final state: every sweep, backward too, enters from zero
     dout = torch.randn(*q.shape[:3], v.shape[3], device=device, dtype=dtype)
-    d_final = torch.randn_like(state)
+    d_final = None if state is None else torch.randn_like(state)
     o, final, grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final, max_seqlen=max_seqlen)
     o_ref, final_ref, grads_ref = float64_reference(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
     names = ("o", "final_state", "dq", "dk", "dv", "dslope", "dinitial_state")
-    errors = {n: relative_l2(x, r) for n, x, r in zip(names, (o, final, *grads), (o_ref, final_ref, *grads_ref))}
+    errors = {
+        n: relative_l2(x, r) for n, x, r in zip(names, (o, final, *grads), (o_ref, final_ref, *grads_ref)) if x is not None
+    }
     scale = slope_gradient_scale(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
     errors["dslope"] = slope_error(grads[3], grads_ref[3], scale)
     bound = TOLERANCE[dtype]
     assert all(err <= bound for err in errors.values()), f"relative L2 errors {errors} above {bound}"
 
 
+@pytest.mark.parametrize("initial_state", [True, False], ids=["initial-state", "from-zero"])
 @pytest.mark.parametrize("decay", list(DECAYS))
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
-def test_states_and_packing_match_float64(device, dtype, shape, decay, poison_allocations):
-    assert_matches_float64(SHAPES[shape], dtype, device, decay)
+def test_states_and_packing_match_float64(device, dtype, shape, decay, initial_state, poison_allocations):
+    assert_matches_float64(SHAPES[shape], dtype, device, decay, initial_state=initial_state)
 
 
 @pytest.mark.parametrize("max_seqlen", [1024, 5648, 2**70])
@@ -157,7 +170,8 @@ def test_many_short_packed_sequences(poison_allocations):
 @requires_cuda
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_relay_cuts_change_no_bit(dtype, shape, poison_allocations):
+@pytest.mark.parametrize("initial_state", [True, False], ids=["initial-state", "from-zero"])
+def test_relay_cuts_change_no_bit(dtype, shape, initial_state, poison_allocations):
     """Where a relay segment boundary cuts a chunk, the output pass hands its fp32
     state (and the slope derivative's) from one CTA to another. Capped at 1 segment
     (no cut) and at 2, 3 and 5 (the GPU runs hundreds), these inputs are cut at other
@@ -167,7 +181,8 @@ def test_relay_cuts_change_no_bit(dtype, shape, poison_allocations):
 
     q, k, v, slope, state, cu_seqlens = make_problem(SHAPES[shape], dtype, "cuda", "alibi")
     dout = torch.randn(*q.shape[:3], v.shape[3], device="cuda", dtype=dtype)
-    d_final = torch.randn_like(state)
+    d_final = torch.randn_like(state) if initial_state else None
+    state = state if initial_state else None
     o, final, grads = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
     try:
         for cap in (1, 2, 3, 5):
@@ -175,7 +190,7 @@ def test_relay_cuts_change_no_bit(dtype, shape, poison_allocations):
             o_cut, final_cut, grads_cut = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
             for name, x, y in zip(("o", "final", "dq", "dk", "dv", "dslope", "dstate"), (o, final, *grads),
                                   (o_cut, final_cut, *grads_cut)):
-                assert torch.equal(x, y), f"{name} differs with {cap} relay segments"
+                assert (x is None and y is None) or torch.equal(x, y), f"{name} differs with {cap} relay segments"
     finally:
         interface._C._set_relay_segment_cap(0)
 
