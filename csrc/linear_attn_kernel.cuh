@@ -272,8 +272,9 @@ __global__ void __launch_bounds__(Traits::kThreads)
         const int initial_shift = p.initial_state_undecayed ? 1 : 0;
         // A sequence's first chunk with no initial state enters from KV = 0: its first
         // block has no inter-block term, so neither that product nor the state's shared
-        // copy is needed before the block's end. First blocks are 40% of a packed batch
-        // of 128-token sequences, and the product is about a third of a block's mma.
+        // copy is needed before the block's end. First blocks are 40% of the blocks of
+        // 512 packed sequences of 23-232 tokens, and the product is about a third of a
+        // block's mma.
         const bool enters_from_zero = piece.starts_chunk && chunk == 0 && p.initial_state.ptr == nullptr;
         if (!piece.starts_chunk) {
             // The state left by the chunk's previous piece, at the start of the next segment.
@@ -312,8 +313,9 @@ __global__ void __launch_bounds__(Traits::kThreads)
         // 1 / derivative_scale): Lambda Q_i KV becomes lambda^(t+1) ((t+1) Q_i KV + Q_i KV'),
         // and M[t][s] becomes (t-s) lambda^(t-s).
         // The intra-block term first, then the inter-block term added to it, so that a
-        // block entering from KV = 0 (state_is_zero: KV and KV' are 0) skips the second
-        // with no zeroed accumulator: each product's first mma starts from zero.
+        // block entering from KV = 0 (state_is_zero: KV and KV' are 0) skips the second.
+        // Each product's first mma then takes its zero accumulator as the zero register:
+        // no instructions zero acc_o on the full-block path (perf.md v11).
         auto block_output = [&](const T* sQb, const T* sKb, const T* sVb, int shift, bool state_is_zero,
                                 float (&acc_o)[1][kVTiles][4]) {
             // Keys past this warp's last row are all masked: their tiles are skipped.

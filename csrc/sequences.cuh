@@ -109,7 +109,8 @@ __host__ __device__ __forceinline__ bool locate_state_chunk(const LinearAttnPara
 // packed problem has more sequences than chunks that are not last (state_chunks, a
 // bound the host knows), the sequence whose first chunk is state slot `candidate`, so
 // that the grid follows the chunks and not the sequences (512 short sequences, none
-// cut, are then a few CTAs, not one per sequence). -1: no sequence cut into chunks.
+// cut, are then a few CTAs, not one per sequence). -1: no sequence's first chunk is
+// that slot. The caller skips a sequence of one chunk, which needs no prefix.
 __host__ __device__ __forceinline__ int prefix_sequence(const LinearAttnParams& p, const ChunkPlan& plan,
                                                        int64_t candidate) {
     if (p.num_seqs <= plan.state_chunks) return candidate < p.num_seqs ? int(candidate) : -1;

@@ -29,6 +29,12 @@ def main():
             ((o.float() * torch.randn_like(o.float())).sum() + (final * torch.randn_like(final)).sum()).backward()
             for x in (o, final, q.grad, k.grad, v.grad, state.grad, rates.grad):
                 check(x)
+            # every sweep from a zero state: no initial state, no loss on the final state
+            q0, k0, v0, rates0 = (x.detach().requires_grad_(True) for x in (q, k, v, slope))
+            o0 = lightning_attn(q0, k0, v0, rates0, 0.5, cu_seqlens=cu)
+            (o0.float() * torch.randn_like(o0.float())).sum().backward()
+            for x in (o0, q0.grad, k0.grad, v0.grad, rates0.grad):
+                check(x)
             # long enough with one head to be cut into chunks (state, prefix, output passes)
             ql, kl, vl = (torch.randn(1, 1, 3000, d, device="cuda", dtype=dtype) for d in (DIM_QK, DIM_QK, DIM_V))
             check(lightning_attn(ql, kl, vl, slope[:1], initial_state=torch.randn(1, 1, DIM_QK, DIM_V, device="cuda")))

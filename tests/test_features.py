@@ -3,7 +3,9 @@ layout and the slope gradient, against float64 autograd of the reference forms.
 
 Every case runs on the CPU path (float32, what CI checks) and on CUDA in each
 dtype, with the relative L2 bounds of conftest.TOLERANCE. Losses include a random
-gradient for the final state, so gradients flowing in through it are checked.
+gradient for the final state, so gradients flowing in through it are checked, except
+where a case runs every sweep from a zero state (no initial state, no loss on the
+final state); the fuzz test mixes the two.
 
 The slope gradient of a head is one sum over all its tokens, and such a sum can
 nearly cancel (with D = 1, 30000 times smaller than its terms were seen): no method
@@ -30,11 +32,15 @@ IDS = ["cpu-float32", "cuda-float32", "cuda-float16", "cuda-bfloat16"]
 # packed ones, short enough to run in one CTA per sequence and long enough with few
 # heads to be cut into chunks (state, prefix and output passes). The packed lengths end
 # in blocks of every count of 16-token slabs (1, 20, 105, 63) and a full one (64).
+# "packed-many-chunked" has more sequences (61) than chunks that are not last (1, at
+# chunks of 16 blocks), so the prefix pass takes its candidates by state slot
+# (prefix_sequence), and its one long sequence is cut.
 SHAPES = {
     "batch": (2, 3, None, 300, 64, 32),
     "batch-chunked": (1, 2, None, 5000, 32, 72),
     "packed": (1, 3, [0, 1, 63, 64, 65, 700, 3, 0, 20, 105], None, 64, 32),
     "packed-chunked": (1, 2, [2500, 20, 0, 4100, 1], None, 72, 64),
+    "packed-many-chunked": (1, 2, [3] * 40 + [1500] + [5] * 20, None, 64, 32),
 }
 
 
