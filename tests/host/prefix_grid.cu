@@ -5,8 +5,12 @@
 #include <cstdio>
 #include <random>
 #include <vector>
+
+#include "packed_tables.h"
 #include "sequences.cuh"
+
 using namespace lightning_attn2;
+
 int main() {
     std::mt19937_64 rng(1);
     long checked = 0, cut_total = 0;
@@ -14,26 +18,12 @@ int main() {
         const int num_seqs = 1 + rng() % (trial % 3 == 0 ? 2000 : 40);
         std::vector<int> len(num_seqs);
         const int maxlen = 1 + rng() % (trial % 2 ? 300 : 20000);
-        int64_t total = 0;
-        for (auto& l : len) { l = (rng() % 5 == 0) ? 0 : int(rng() % maxlen); total += l; }
-        const int chunk_blocks = 1 + rng() % 40;
-        std::vector<int> seq_start(num_seqs + 1);
-        std::vector<int64_t> chunk_start(num_seqs + 1);
-        seq_start[0] = 0; chunk_start[0] = 0;
-        for (int n = 0; n < num_seqs; ++n) {
-            seq_start[n + 1] = seq_start[n] + len[n];
-            chunk_start[n + 1] = chunk_start[n] + chunks_of(blocks_of(len[n]), chunk_blocks);
-        }
+        for (auto& l : len) l = (rng() % 5 == 0) ? 0 : int(rng() % maxlen);
         LinearAttnParams p{};
-        p.cu_seqlens = &p;  // any non-null: packed
-        p.num_seqs = num_seqs;
-        p.seqlen = int(total);
         ChunkPlan plan{};
-        plan.chunk_blocks = chunk_blocks;
-        plan.state_chunks = p.seqlen / (int64_t(chunk_blocks) * kSweepBlockN);  // as plan_with_tiles
-        plan.chunked = plan.state_chunks > 0;
-        plan.seq_start = seq_start.data();
-        plan.chunk_start = chunk_start.data();
+        plan.chunk_blocks = 1 + rng() % 40;
+        PackedTables tables;
+        tables.attach(len, p, plan);
         std::vector<int> seen(num_seqs, 0);
         const int64_t candidates = prefix_candidates(p, plan);
         for (int64_t c = 0; c < candidates; ++c) {
@@ -43,7 +33,7 @@ int main() {
             if (sequence_chunk(p, plan, n, 0).num_chunks > 1) ++seen[n];
         }
         for (int n = 0; n < num_seqs; ++n) {
-            const bool cut = chunk_start[n + 1] - chunk_start[n] > 1;
+            const bool cut = tables.chunk_start[n + 1] - tables.chunk_start[n] > 1;
             cut_total += cut;
             if (seen[n] != (cut ? 1 : 0)) {
                 printf("FAIL trial %d seq %d cut %d seen %d (seqs %d, state_chunks %lld)\n", trial, n, cut, seen[n],

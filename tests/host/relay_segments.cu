@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "packed_tables.h"
 #include "sequences.cuh"
 
 using namespace lightning_attn2;
@@ -24,9 +25,7 @@ int uniform(int lo, int hi) { return lo + int(rng() % uint64_t(hi - lo + 1)); }
 struct Problem {
     std::vector<int> lengths;
     bool packed;
-    std::vector<int> seq_start;
-    std::vector<int64_t> chunk_start, relay_start;
-    int longest = 1;
+    PackedTables tables;
 };
 
 void make_plan(Problem& x, LinearAttnParams& p, ChunkPlan& plan) {
@@ -41,23 +40,7 @@ void make_plan(Problem& x, LinearAttnParams& p, ChunkPlan& plan) {
         plan.chunks_per_seq = chunks_of(blocks_of(p.seqlen), plan.chunk_blocks);
         return;
     }
-    p.batch = 1;
-    p.cu_seqlens = &p;  // any non-null: packed
-    x.seq_start.assign(1, 0);
-    x.chunk_start.assign(1, 0);
-    x.relay_start.assign(1, 0);
-    for (int length : x.lengths) {  // the preparing pass's scans
-        const int blocks = blocks_of(length);
-        x.seq_start.push_back(x.seq_start.back() + length);
-        x.chunk_start.push_back(x.chunk_start.back() + chunks_of(blocks, plan.chunk_blocks));
-        x.relay_start.push_back(x.relay_start.back() + relay_cost(blocks));
-        x.longest = std::max(x.longest, relay_cost(longest_chunk_of(blocks, plan.chunk_blocks)));
-    }
-    p.seqlen = x.seq_start.back();
-    plan.seq_start = x.seq_start.data();
-    plan.chunk_start = x.chunk_start.data();
-    plan.relay_start = x.relay_start.data();
-    plan.longest_chunk = &x.longest;
+    x.tables.attach(x.lengths, p, plan);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "packed_tables.h"
 #include "sequences.cuh"
 
 using namespace lightning_attn2;
@@ -25,21 +26,12 @@ int main() {
         LinearAttnParams p{};
         ChunkPlan plan{};
         plan.chunk_blocks = chunk_blocks;
-        std::vector<int> seq_start(1, 0);
-        std::vector<int64_t> chunk_start(1, 0);
+        PackedTables tables;
         p.num_seqs = seqs;
         if (packed) {
-            for (int n = 0; n < seqs; ++n) {
-                const int length = uniform(0, longest);
-                seq_start.push_back(seq_start.back() + length);
-                chunk_start.push_back(chunk_start.back() + chunks_of(blocks_of(length), chunk_blocks));
-            }
-            p.batch = 1;
-            p.cu_seqlens = &p;  // any non-null: packed
-            p.seqlen = seq_start.back();
-            plan.seq_start = seq_start.data();
-            plan.chunk_start = chunk_start.data();
-            plan.state_chunks = p.seqlen / (int64_t(chunk_blocks) * kSweepBlockN);  // as plan_with_tiles
+            std::vector<int> lengths(seqs);
+            for (int& length : lengths) length = uniform(0, longest);
+            tables.attach(lengths, p, plan);
         } else {
             p.batch = seqs;
             p.seqlen = uniform(0, longest);
@@ -70,7 +62,7 @@ int main() {
             const bool ok = work.seq >= 0 && work.seq < seqs && work.chunk >= 0 &&
                             work.chunk < int(reached[work.seq].size()) &&
                             chunk_slot(p, plan, work.seq, work.chunk) == index &&
-                            work.length == (packed ? seq_start[work.seq + 1] - seq_start[work.seq] : p.seqlen);
+                            work.length == (packed ? tables.seq_start[work.seq + 1] - tables.seq_start[work.seq] : p.seqlen);
             if (!ok) {
                 printf("FAIL trial %d: slot %lld located as sequence %d chunk %d\n", trial, (long long)index, work.seq,
                        work.chunk);
