@@ -45,15 +45,35 @@ struct KernelTraits {
     static constexpr size_t kQKTileElems = size_t(kBlockN) * kLdQK;
     static constexpr size_t kVTileElems = size_t(kBlockN) * kLdV;
     static constexpr size_t kStateElems = size_t(kHeadDimQK) * kLdV;
+    static constexpr size_t kTableBytes = (kBlockN + 1 + kStates * 2 * kBlockN) * sizeof(float);
     static constexpr size_t kSmemBytes =
-        (kStages * (2 * kQKTileElems + kVTileElems) + kStates * kStateElems) * sizeof(T) +
-        (kBlockN + 1 + kStates * 2 * kBlockN) * sizeof(float);
+        (kStages * (2 * kQKTileElems + kVTileElems) + kStates * kStateElems) * sizeof(T) + kTableBytes;
+
+    // The state pass (SweepPass::kState) holds only K and V tiles: in the shared memory
+    // the output pass gives to Q and the state, it keeps three blocks loading ahead
+    // instead of one. (Measured: its CTAs were not waiting on loads after all; the state
+    // pass went ~6% faster, perf.md v12.)
+    static constexpr int kStateStages = sizeof(T) == 2 ? 4 : 2;
+    static constexpr size_t kStatePassSmemBytes =
+        kStateStages * (kQKTileElems + kVTileElems) * sizeof(T) + kTableBytes;
+
+    // The fewest CTAs per SM the registers must allow (__launch_bounds__), which caps
+    // the registers of a thread. Left to itself, ptxas fit several tiles into 128 (or 96)
+    // registers with spills, for one CTA per SM more; with 1 here (up to 255 registers, no
+    // spill) fp32 D 32 and 64 and 16-bit D 32 with 64 columns ran 15-21% faster (perf.md
+    // v12). Pinned at ptxas's own choice: the 16-bit D 64 x 32 tile (128 registers, four
+    // CTAs; 8% faster than three spill-free ones on a full GPU) and the 16-bit tiles that
+    // did not spill there (D 64 x 64, the D 32 and D 64 derivatives).
+    static constexpr int kMinCtasPerSm = sizeof(T) != 2          ? 1
+                                         : kHeadDimQK == 64      ? (kTileV == 32 && !kDecayDerivative ? 4 : 3)
+                                         : kHeadDimQK == 32 && kDecayDerivative ? 4
+                                                                                : 1;
 
     static_assert(kHeadDimQK % 32 == 0 && kHeadDimQK <= 256, "head dim tile");
     static_assert(kTileV % 32 == 0, "v tile");
     static_assert(kStateRowsPerWarp % 16 == 0 && kStateColsPerWarp % 16 == 0,
                   "state slab must be whole pairs of 16 x 8 tiles");
-    static_assert(kSmemBytes <= 227 * 1024, "shared memory per CTA");
+    static_assert(kSmemBytes <= 227 * 1024 && kStatePassSmemBytes <= 227 * 1024, "shared memory per CTA");
 };
 
 }  // namespace lightning_attn2

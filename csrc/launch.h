@@ -71,7 +71,7 @@ enum class SweepPass { kState, kOutput };
 template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
 cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pass, cudaStream_t stream);
 
-// CTAs of that sweep that fit on one SM at once (0 on error).
+// CTAs of that sweep's output pass that fit on one SM at once (0 on error).
 template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
 int linear_attn_sweep_ctas_per_sm();
 
