@@ -23,8 +23,9 @@ struct KernelTraits {
     // One warp per 16 query rows of a block (the m16 of mma.sync).
     static constexpr int kWarps = kBlockN / 16;
     static constexpr int kThreads = 32 * kWarps;
-    // Double-buffered loads for 16-bit inputs. fp32 (the SIMT path) has twice the
-    // bytes per tile; a second stage would not fit shared memory at kHeadDimQK 256.
+    // Load stages of the output pass: double-buffered for 16-bit inputs. fp32 (the SIMT
+    // path) has twice the bytes per tile; a second stage would not fit shared memory at
+    // kHeadDimQK 256.
     static constexpr int kStages = sizeof(T) == 2 ? 2 : 1;
     // One 16-byte chunk of padding per shared-memory row: rows 8 apart then start
     // in different banks, so ldmatrix and the SIMT reads are conflict-free.
@@ -49,10 +50,12 @@ struct KernelTraits {
     static constexpr size_t kSmemBytes =
         (kStages * (2 * kQKTileElems + kVTileElems) + kStates * kStateElems) * sizeof(T) + kTableBytes;
 
-    // The state pass (SweepPass::kState) holds only K and V tiles: in the shared memory
-    // the output pass gives to Q and the state, it keeps three blocks loading ahead
-    // instead of one. (Measured: its CTAs were not waiting on loads after all; the state
-    // pass went ~6% faster, perf.md v12.)
+    // The state pass (SweepPass::kState) holds only K and V tiles and keeps more blocks
+    // loading ahead: three instead of one for 16-bit inputs, one instead of none for
+    // fp32. That fits the output pass's shared memory at 16-bit D >= 128 and fp32 D >= 64;
+    // the smaller tiles' state passes take up to 31% more (fewer CTAs per SM than their
+    // output passes at 16-bit D 32 x 64 and D 64 x 32). Measured: its CTAs were not
+    // waiting on loads after all; the state pass went ~6% faster (perf.md v12).
     static constexpr int kStateStages = sizeof(T) == 2 ? 4 : 2;
     static constexpr size_t kStatePassSmemBytes =
         kStateStages * (kQKTileElems + kVTileElems) * sizeof(T) + kTableBytes;
@@ -61,9 +64,9 @@ struct KernelTraits {
     // the registers of a thread. Left to itself, ptxas fit several tiles into 128 (or 96)
     // registers with spills, for one CTA per SM more; with 1 here (up to 255 registers, no
     // spill) fp32 D 32 and 64 and 16-bit D 32 with 64 columns ran 15-21% faster (perf.md
-    // v12). Pinned at ptxas's own choice: the 16-bit D 64 x 32 tile (128 registers, four
-    // CTAs; 8% faster than three spill-free ones on a full GPU) and the 16-bit tiles that
-    // did not spill there (D 64 x 64, the D 32 and D 64 derivatives).
+    // v12). Pinned at ptxas's own choice of ddf3827: the 16-bit D 64 x 32 tile (128
+    // registers, four CTAs; 8% faster than three spill-free ones on a full GPU) and the
+    // 16-bit tiles that did not spill then (D 64 x 64, the D 32 and D 64 derivatives).
     static constexpr int kMinCtasPerSm = sizeof(T) != 2          ? 1
                                          : kHeadDimQK == 64      ? (kTileV == 32 && !kDecayDerivative ? 4 : 3)
                                          : kHeadDimQK == 32 && kDecayDerivative ? 4

@@ -110,6 +110,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     constexpr int kHeadDimQK = Traits::kHeadDimQK;
     constexpr int kTileV = Traits::kTileV;
     constexpr bool state_pass = kPass == SweepPass::kState;
+    // The derivative sweep is never cut into chunks (plan_with_tiles): no state pass.
+    static_assert(!(state_pass && Traits::kDecayDerivative), "the derivative sweep has no state pass");
     // Load stages: blocks in flight, kStages - 1 of them ahead of the one in use.
     constexpr int kStages = state_pass ? Traits::kStateStages : Traits::kStages;
     constexpr int kLdQK = Traits::kLdQK;
@@ -175,12 +177,13 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     // The state pass has no Q tiles and no state copy.
     constexpr int kQStages = state_pass ? 0 : kStages;
     constexpr int kStateCopies = state_pass ? 0 : Traits::kStates;
-    T* sQ = reinterpret_cast<T*>(smem);              // [kQStages][kBlockN][kLdQK]
-    T* sK = sQ + kQStages * Traits::kQKTileElems;    // [kStages][kBlockN][kLdQK]
-    T* sV = sK + kStages * Traits::kQKTileElems;     // [kStages][kBlockN][kLdV]
-    T* sState = sV + kStages * Traits::kVTileElems;  // [kHeadDimQK][kLdV]
-    T* sStateDerivative = sState + Traits::kStateElems;  // [kHeadDimQK][kLdV] when kDerivative
-    float* decay_pow = reinterpret_cast<float*>(sState + kStateCopies * Traits::kStateElems);  // [kBlockN + 1]
+    T* sQ = reinterpret_cast<T*>(smem);               // [kQStages][kBlockN][kLdQK]
+    T* sK = sQ + kQStages * Traits::kQKTileElems;     // [kStages][kBlockN][kLdQK]
+    T* sV = sK + kStages * Traits::kQKTileElems;      // [kStages][kBlockN][kLdV]
+    T* sStates = sV + kStages * Traits::kVTileElems;  // [kStateCopies][kHeadDimQK][kLdV]
+    T* sState = kStateCopies > 0 ? sStates : nullptr;
+    T* sStateDerivative = kStateCopies > 1 ? sStates + Traits::kStateElems : nullptr;
+    float* decay_pow = reinterpret_cast<float*>(sStates + kStateCopies * Traits::kStateElems);  // [kBlockN + 1]
     float* masked_decay = decay_pow + kBlockN + 1;  // [kStates][2 * kBlockN], see MaskedDecay
     const MaskedDecay<kBlockN> mask{masked_decay};
     const MaskedDecay<kBlockN> mask_derivative{masked_decay + 2 * kBlockN};
@@ -203,8 +206,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             load_block_tiles<Traits>(batch, in_hand, block, v_col0, !state_pass, sQ + stage * Traits::kQKTileElems,
                                      sK + stage * Traits::kQKTileElems, sV + stage * Traits::kVTileElems);
         };
-        // The first kStages - 1 blocks load while the decay tables and the state are set
-        // up (a group per stage, empty past the piece, so that the loop's waits count alike).
+        // The first blocks load while the decay tables and the state are set up: one for
+        // kStages 1, else kStages - 1 (a group each, empty past the piece, so that the
+        // loop's waits count alike).
         if constexpr (kStages == 1) {
             if (first_block < end_block) load_block(first_block, 0);
         } else {
@@ -419,7 +423,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         for (int block = first_block; block < end_block; ++block) {
             const int stage = (block - first_block) % kStages;
             if constexpr (kStages > 1) {
-                // Into the stage the previous block used, free since its trailing barrier.
+                // Into the stage the previous block used, free since its trailing barrier
+                // (at a piece's first block, the last stage, which the prologue left unused).
                 const int ahead = block + kStages - 1;
                 if (ahead < end_block) load_block(ahead, (ahead - first_block) % kStages);
                 else cp_async_commit();
@@ -486,9 +491,16 @@ template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
 cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pass, cudaStream_t stream) {
     using Traits = KernelTraits<T, kHeadDimQK, kTileV, kDecayDerivative>;
     const bool state_pass = pass == SweepPass::kState;
-    auto kernel = state_pass ? linear_attn_sweep_kernel<Traits, SweepPass::kState>
-                             : linear_attn_sweep_kernel<Traits, SweepPass::kOutput>;
-    const size_t smem_bytes = state_pass ? Traits::kStatePassSmemBytes : Traits::kSmemBytes;
+    auto kernel = linear_attn_sweep_kernel<Traits, SweepPass::kOutput>;
+    size_t smem_bytes = Traits::kSmemBytes;
+    if (state_pass) {
+        if constexpr (kDecayDerivative) {
+            return cudaErrorInvalidValue;  // never cut into chunks (plan_with_tiles)
+        } else {
+            kernel = linear_attn_sweep_kernel<Traits, SweepPass::kState>;
+            smem_bytes = Traits::kStatePassSmemBytes;
+        }
+    }
     int heads = 0, v_tiles_per_head = 0;
     int64_t state_chunks = 0;
     for (int i = 0; i < batch.num_problems; ++i) {
