@@ -72,6 +72,15 @@ struct KernelTraits {
                                          : kHeadDimQK == 32 && kDecayDerivative ? 4
                                                                                 : 1;
 
+    // K-steps (16 keys each) that the state update's products take per pass over a
+    // block's keys. The derivative sweep's two products read the same K and V tiles: on
+    // the tensor cores ptxas loads their fragments once and, given each product whole,
+    // keeps all four k-steps' fragments for the second one. At D 256 (four m-tiles per
+    // warp) those are 96 registers beside the two states' 128, and the kernel spilled at
+    // 255. There the two products alternate k-step by k-step: one k-step's fragments live.
+    static constexpr int kStateUpdateKSteps =
+        sizeof(T) == 2 && kDecayDerivative && kStateRowsPerWarp / 16 == 4 ? 1 : kBlockN / 16;
+
     static_assert(kHeadDimQK % 32 == 0 && kHeadDimQK <= 256, "head dim tile");
     static_assert(kTileV % 32 == 0, "v tile");
     static_assert(kStateRowsPerWarp % 16 == 0 && kStateColsPerWarp % 16 == 0,

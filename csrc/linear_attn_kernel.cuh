@@ -402,20 +402,30 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // KV = lambda^(valid-shift) KV + kv_scale (lambda^(valid-1-s) K_i)^T V_i; for the
         // derivative sweep first KV' = lambda^valid (KV' + valid KV)
         //                             + kv_scale ((valid-1-s) lambda^(valid-1-s) K_i)^T V_i.
+        // The products take the block's keys Traits::kStateUpdateKSteps k-steps at a time;
+        // KV decays just before its first product, once KV' has read it undecayed.
         auto update_state = [&](const T* sKb, const T* sVb, int valid, int shift) {
+            constexpr int kKSteps = Traits::kStateUpdateKSteps;
             const float block_decay = decay_pow[valid - shift];
             if constexpr (kDerivative) {
                 for_each_state_element([&](int mt, int nt, int i) {
                     state_derivative[mt][nt][i] =
                         block_decay * (state_derivative[mt][nt][i] + derivative_scale * float(valid) * state[mt][nt][i]);
                 });
-                warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(
-                    state_derivative, sKb + state_row0, kLdQK, sVb + state_col0, kLdV, kStateNT,
-                    KeyDecay<kBlockN>{mask_derivative, valid});
             }
-            for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] *= block_decay; });
-            warp_gemm<Major::kCol, Major::kRow, kBlockN / 16>(state, sKb + state_row0, kLdQK, sVb + state_col0, kLdV,
-                                                              kStateNT, KeyDecay<kBlockN>{mask, valid});
+#pragma unroll
+            for (int key0 = 0; key0 < kBlockN; key0 += 16 * kKSteps) {
+                const T* sKk = sKb + key0 * kLdQK + state_row0;
+                const T* sVk = sVb + key0 * kLdV + state_col0;
+                // Key s of these k-steps is key key0 + s of the block.
+                if constexpr (kDerivative) {
+                    warp_gemm<Major::kCol, Major::kRow, kKSteps>(state_derivative, sKk, kLdQK, sVk, kLdV, kStateNT,
+                                                                 KeyDecay<kBlockN>{mask_derivative, valid - key0});
+                }
+                if (key0 == 0) for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] *= block_decay; });
+                warp_gemm<Major::kCol, Major::kRow, kKSteps>(state, sKk, kLdQK, sVk, kLdV, kStateNT,
+                                                             KeyDecay<kBlockN>{mask, valid - key0});
+            }
         };
 
         // ---- the sweep over this piece's blocks, kStages - 1 blocks loading ahead (none for
