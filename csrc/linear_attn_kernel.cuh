@@ -50,7 +50,7 @@ struct LocatedPiece {
     SweepPiece piece;
     int64_t offset[4];  // q, k, v, o
     int64_t step[4];
-    bool vectorized;     // the q, k and v tiles load by 16-byte cp.async
+    bool vectorized;     // the q, k and v tiles load by 16-byte cp.async (see load_tile)
     bool paired_stores;  // o takes two elements per store
     bool valid;          // false: no piece
 };
@@ -70,7 +70,9 @@ __device__ __forceinline__ void locate_tokens(const LinearAttnBatch& batch, int 
     auto aligned16 = [&](int i) {
         return is_aligned16(static_cast<const T*>(tensors[i]->ptr) + x.offset[i], x.step[i] * int64_t(sizeof(T)));
     };
-    x.vectorized = aligned16(0) && aligned16(1) && aligned16(2);
+    // Whole 16-byte chunks of every row (load_tile), so head dims of whole chunks too.
+    constexpr int kChunk = 16 / sizeof(T);
+    x.vectorized = aligned16(0) && aligned16(1) && aligned16(2) && p.dim_qk % kChunk == 0 && p.dim_v % kChunk == 0;
     x.paired_stores =
         reinterpret_cast<uintptr_t>(static_cast<const T*>(p.o.ptr) + x.offset[3]) % (2 * sizeof(T)) == 0 &&
         x.step[3] % 2 == 0;

@@ -60,10 +60,17 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// Copies 16 bytes, of which the first src_bytes are read and the rest zero-filled.
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)),
-                 "l"(gmem), "r"(src_bytes));
+// Copies 16 bytes, or writes 16 zero bytes without reading gmem when zero_fill (the
+// ignore-src form of cp.async: a predicate, where a byte count costs ptxas an address
+// adjustment per copy).
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool zero_fill) {
+    asm volatile(
+        "{\n"
+        "  .reg .pred ignore_src;\n"
+        "  setp.ne.b32 ignore_src, %2, 0;\n"
+        "  cp.async.cg.shared.global [%0], [%1], 16, ignore_src;\n"
+        "}\n" ::"r"(smem_address(smem)),
+        "l"(gmem), "r"(int(zero_fill)));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>
@@ -73,26 +80,40 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // Fills smem[r * ld + c] for r < kRows, c < kCols with row r of a global tile
 // (row r at gmem + r * row_stride), zero past valid_rows and valid_cols.
-// vectorized: gmem and row_stride are 16-byte aligned, so whole chunks go by cp.async;
-// otherwise element by element (odd head dims, unaligned views).
+// vectorized: gmem and row_stride are 16-byte aligned and valid_cols is a whole number
+// of 16-byte chunks, so every chunk is copied or zeroed whole by cp.async; otherwise
+// element by element (odd head dims, unaligned views).
+// Each thread takes one column of chunks, every kRowsPerPass-th row: its column and its
+// shared-memory offsets are fixed, so a chunk costs a pointer step, a row check and the
+// copy (a loop bound that depended on the thread and a byte count per copy had made ~29
+// instructions of each, 40% of the state pass's loop: perf.md v13 and Next).
 template <int kRows, int kCols, int kThreads, typename T>
 __device__ __forceinline__ void load_tile(T* smem, int ld, const T* gmem, int64_t row_stride,
                                           int valid_rows, int valid_cols, bool vectorized) {
     constexpr int kChunk = 16 / sizeof(T);
     constexpr int kChunksPerRow = kCols / kChunk;
     static_assert(kCols % kChunk == 0, "tile width");
-#pragma unroll 4
-    for (int i = threadIdx.x; i < kRows * kChunksPerRow; i += kThreads) {
-        const int r = i / kChunksPerRow;
-        const int c = (i % kChunksPerRow) * kChunk;
-        const int n = r < valid_rows ? min(max(valid_cols - c, 0), kChunk) : 0;
-        T* dst = smem + r * ld + c;
-        const T* src = gmem + r * row_stride + c;
-        if (vectorized) {
-            cp_async_16(dst, n > 0 ? src : gmem, n * int(sizeof(T)));
-        } else {
+    static_assert(kThreads % kChunksPerRow == 0, "a row's chunks must divide the threads");
+    constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+    static_assert(kRows % kRowsPerPass == 0, "tile height");
+    const int row0 = threadIdx.x / kChunksPerRow;
+    const int col = (threadIdx.x % kChunksPerRow) * kChunk;
+    const T* src = gmem + row0 * row_stride + col;
+    const int64_t pass_stride = kRowsPerPass * row_stride;
+    T* dst = smem + row0 * ld + col;
+    if (vectorized) {
+        const bool col_past = col >= valid_cols;
 #pragma unroll
-            for (int e = 0; e < kChunk; ++e) dst[e] = e < n ? src[e] : from_float<T>(0.f);
+        for (int pass = 0; pass < kRows / kRowsPerPass; ++pass, src += pass_stride) {
+            cp_async_16(dst + pass * kRowsPerPass * ld, src, col_past || row0 + pass * kRowsPerPass >= valid_rows);
+        }
+    } else {
+        const int row_elems = min(max(valid_cols - col, 0), kChunk);  // of this chunk in a valid row
+#pragma unroll 1
+        for (int pass = 0; pass < kRows / kRowsPerPass; ++pass, src += pass_stride) {
+            const int n = row0 + pass * kRowsPerPass < valid_rows ? row_elems : 0;
+#pragma unroll
+            for (int e = 0; e < kChunk; ++e) dst[pass * kRowsPerPass * ld + e] = e < n ? src[e] : from_float<T>(0.f);
         }
     }
 }

@@ -5,6 +5,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SANITIZER=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Every tensor its own cudaMalloc, so that memcheck sees a read past a tensor's end
+# (the caching allocator's pool would hide it).
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 status=0
 for tool in memcheck racecheck synccheck initcheck; do
     log=$(mktemp)

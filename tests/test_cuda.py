@@ -80,6 +80,21 @@ def test_strided_inputs_read_in_place(poison_allocations):
     assert torch.equal(lightning_attn(q, k, v, slope), expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_padded_rows_with_partial_chunks(dtype, poison_allocations):
+    """Head dims that end inside a 16-byte chunk (D 130, E 34), read in place from rows
+    padded to whole chunks, so the views are 16-byte aligned: the loads must still stop
+    at the head dim (the tiles' zero padding) in the forward and backward sweeps."""
+    chunk = 16 // torch.tensor([], dtype=dtype).element_size()
+
+    def padded(dim):
+        rows = torch.randn(2, 3, 300, -(-dim // chunk) * chunk, dtype=dtype, device="cuda")
+        return rows[..., :dim].requires_grad_(True)
+
+    q, k, v = padded(130), padded(130), padded(34)
+    run_and_check(q, k, v, build_slopes(3).cuda(), 0.5, TOLERANCE[dtype])
+
+
 def test_inputs_not_modified():
     q, k, v = random_inputs(2, 4, 200, 64, 32, torch.float16, "cuda", requires_grad=True)
     slope = build_slopes(4).cuda()
