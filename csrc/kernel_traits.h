@@ -1,7 +1,10 @@
 // Compile-time tile shapes of the Lightning Attention-2 sweep kernel.
 #pragma once
 
+#include <cuda_bf16.h>
+
 #include <cstddef>
+#include <type_traits>
 
 namespace lightning_attn2 {
 
@@ -47,8 +50,15 @@ struct KernelTraits {
     static constexpr size_t kVTileElems = size_t(kBlockN) * kLdV;
     static constexpr size_t kStateElems = size_t(kHeadDimQK) * kLdV;
     static constexpr size_t kTableBytes = (kBlockN + 1 + kStates * 2 * kBlockN) * sizeof(float);
+    // bf16 scales the state update's keys by their decay on the tensor cores
+    // (DiagonalKScale), from a table of B fragments per state and kind of block: whole,
+    // and the sequence's partial last block (the output pass only; the state pass has
+    // whole blocks only). 16 bytes per k-step and lane.
+    static constexpr bool kKeyDecayOnTensorCores = std::is_same_v<T, __nv_bfloat16>;
+    static constexpr size_t kKeyDecayTableBytes = kKeyDecayOnTensorCores ? size_t(kBlockN / 16) * 32 * 16 : 0;
     static constexpr size_t kSmemBytes =
-        (kStages * (2 * kQKTileElems + kVTileElems) + kStates * kStateElems) * sizeof(T) + kTableBytes;
+        (kStages * (2 * kQKTileElems + kVTileElems) + kStates * kStateElems) * sizeof(T) +
+        kStates * 2 * kKeyDecayTableBytes + kTableBytes;
 
     // The state pass (SweepPass::kState) holds only K and V tiles and keeps more blocks
     // loading ahead: three instead of one for 16-bit inputs, one instead of none for
@@ -58,7 +68,7 @@ struct KernelTraits {
     // waiting on loads after all; the state pass went ~6% faster (perf.md v12).
     static constexpr int kStateStages = sizeof(T) == 2 ? 4 : 2;
     static constexpr size_t kStatePassSmemBytes =
-        kStateStages * (kQKTileElems + kVTileElems) * sizeof(T) + kTableBytes;
+        kStateStages * (kQKTileElems + kVTileElems) * sizeof(T) + kKeyDecayTableBytes + kTableBytes;
 
     // The fewest CTAs per SM the registers must allow (__launch_bounds__), which caps
     // the registers of a thread. Left to itself, ptxas fit several tiles into 128 (or 96)

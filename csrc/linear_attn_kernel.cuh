@@ -37,6 +37,7 @@ struct MaskedDecay {
 template <int kBlockN>
 struct KeyDecay {
     static constexpr bool kEnabled = true;
+    static constexpr bool kDiagonal = false;
     MaskedDecay<kBlockN> mask;
     int valid;
     __device__ __forceinline__ float operator()(int s) const { return mask(valid - 1 - s); }
@@ -185,7 +186,16 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     T* sStates = sV + kStages * Traits::kVTileElems;  // [kStateCopies][kHeadDimQK][kLdV]
     T* sState = kStateCopies > 0 ? sStates : nullptr;
     T* sStateDerivative = kStateCopies > 1 ? sStates + Traits::kStateElems : nullptr;
-    float* decay_pow = reinterpret_cast<float*>(sStates + kStateCopies * Traits::kStateElems);  // [kBlockN + 1]
+    // bf16: the key decay's B fragments (DiagonalKScale), per state a table for whole
+    // blocks and, in the output pass, one for the sequence's partial last block.
+    constexpr int kKeyDecayTables = state_pass ? 1 : 2;
+    constexpr int kKeyDecayFragments = int(Traits::kKeyDecayTableBytes / sizeof(uint4));
+    uint4* key_decay_fragments = reinterpret_cast<uint4*>(sStates + kStateCopies * Traits::kStateElems);
+    auto key_decay_table = [&](int state, bool partial_block) {
+        return key_decay_fragments + (state * kKeyDecayTables + (partial_block ? 1 : 0)) * kKeyDecayFragments;
+    };
+    float* decay_pow = reinterpret_cast<float*>(key_decay_fragments +
+                                                Traits::kStates * kKeyDecayTables * kKeyDecayFragments);  // [kBlockN + 1]
     float* masked_decay = decay_pow + kBlockN + 1;  // [kStates][2 * kBlockN], see MaskedDecay
     const MaskedDecay<kBlockN> mask{masked_decay};
     const MaskedDecay<kBlockN> mask_derivative{masked_decay + 2 * kBlockN};
@@ -225,14 +235,36 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // Every decay factor is one of them (never lambda^-i, which overflows).
         const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
         const float derivative_scale = kDerivative ? p.derivative_scale[h] : 1.f;
+        // Entry `distance` of state `state`'s MaskedDecay table.
+        auto masked_decay_value = [&](int state, int distance) {
+            const float decay = distance >= 0 ? p.kv_scale * float(exp(-slope * distance)) : 0.f;
+            return state == 0 ? decay : derivative_scale * float(distance) * decay;
+        };
+        // The key decay (KeyDecay) of a block of `valid` tokens as DiagonalKScale's fragments.
+        auto write_key_decay_fragments = [&](bool partial_block, int valid) {
+            for (int i = threadIdx.x; i < kKeyDecayFragments; i += kThreads) {
+#pragma unroll
+                for (int state = 0; state < Traits::kStates; ++state) {
+                    key_decay_table(state, partial_block)[i] = diagonal_scale_fragments(
+                        i / 32, i % 32, [&](int key) { return masked_decay_value(state, valid - 1 - key); });
+                }
+            }
+        };
         if (tables_problem != piece.problem || tables_head != h) {
             for (int i = threadIdx.x; i <= kBlockN; i += kThreads) decay_pow[i] = float(exp(-slope * i));
             for (int i = threadIdx.x; i < 2 * kBlockN; i += kThreads) {
-                const int distance = i - (kBlockN - 1);
-                const float decay = distance >= 0 ? p.kv_scale * float(exp(-slope * distance)) : 0.f;
-                masked_decay[i] = decay;
-                if constexpr (kDerivative) masked_decay[2 * kBlockN + i] = derivative_scale * float(distance) * decay;
+#pragma unroll
+                for (int state = 0; state < Traits::kStates; ++state)
+                    masked_decay[state * 2 * kBlockN + i] = masked_decay_value(state, i - (kBlockN - 1));
             }
+            if constexpr (Traits::kKeyDecayOnTensorCores) write_key_decay_fragments(false, kBlockN);
+        }
+        // The sequence's last block, when partial and in this piece (never in the state
+        // pass, whose chunks are not last).
+        if constexpr (Traits::kKeyDecayOnTensorCores && !state_pass) {
+            const int last_block_tokens = work.length - (blocks_of(work.length) - 1) * kBlockN;
+            if (end_block == blocks_of(work.length) && last_block_tokens < kBlockN)
+                write_key_decay_fragments(true, last_block_tokens);
         }
 
         // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
@@ -377,7 +409,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             }
         };
 
-        // o = scale * O for the block's valid rows and this CTA's v columns.
+        // o = scale * O for the block's valid rows and this CTA's v columns. Rows of a
+        // whole slice with paired stores, the common case, store without a test per
+        // column (a test, a branch and their reconvergence were ~9 instructions around
+        // each store: perf.md v15).
+        const bool whole_paired_rows = in_hand.paired_stores && v_cols == kTileV;
         auto store_output = [&](int block, int valid, const float (&acc_o)[1][kVTiles][4]) {
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
@@ -385,6 +421,14 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                 if (tq < valid) {
                     T* orow =
                         static_cast<T*>(p.o.ptr) + in_hand.offset[3] + (int64_t(block) * kBlockN + tq) * in_hand.step[3];
+                    if (whole_paired_rows) {
+#pragma unroll
+                        for (int j = 0; j < kVTiles; ++j) {
+                            store_pair(orow + 8 * j + 2 * t, p.scale * acc_o[0][j][2 * half],
+                                       p.scale * acc_o[0][j][2 * half + 1]);
+                        }
+                        continue;
+                    }
 #pragma unroll
                     for (int j = 0; j < kVTiles; ++j) {
                         const int c = 8 * j + 2 * t;
@@ -409,6 +453,14 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         auto update_state = [&](const T* sKb, const T* sVb, int valid, int shift) {
             constexpr int kKSteps = Traits::kStateUpdateKSteps;
             const float block_decay = decay_pow[valid - shift];
+            // The weights of keys [key0, key0 + 16 kKSteps) of state `state`'s product.
+            auto key_decay = [&](int state, int key0) {
+                if constexpr (Traits::kKeyDecayOnTensorCores) {
+                    return DiagonalKScale{key_decay_table(state, !state_pass && valid < kBlockN) + 32 * (key0 / 16)};
+                } else {
+                    return KeyDecay<kBlockN>{state == 0 ? mask : mask_derivative, valid - key0};
+                }
+            };
             if constexpr (kDerivative) {
                 for_each_state_element([&](int mt, int nt, int i) {
                     state_derivative[mt][nt][i] =
@@ -422,11 +474,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                 // Key s of these k-steps is key key0 + s of the block.
                 if constexpr (kDerivative) {
                     warp_gemm<Major::kCol, Major::kRow, kKSteps>(state_derivative, sKk, kLdQK, sVk, kLdV, kStateNT,
-                                                                 KeyDecay<kBlockN>{mask_derivative, valid - key0});
+                                                                 key_decay(1, key0));
                 }
                 if (key0 == 0) for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] *= block_decay; });
-                warp_gemm<Major::kCol, Major::kRow, kKSteps>(state, sKk, kLdQK, sVk, kLdV, kStateNT,
-                                                             KeyDecay<kBlockN>{mask, valid - key0});
+                warp_gemm<Major::kCol, Major::kRow, kKSteps>(state, sKk, kLdQK, sVk, kLdV, kStateNT, key_decay(0, key0));
             }
         };
 

@@ -101,17 +101,20 @@ __device__ __forceinline__ void load_tile(T* smem, int ld, const T* gmem, int64_
     const T* src = gmem + row0 * row_stride + col;
     const int64_t pass_stride = kRowsPerPass * row_stride;
     T* dst = smem + row0 * ld + col;
+    // Valid rows from this thread's first: each pass's row test is then a compare with a
+    // constant.
+    const int rows_left = valid_rows - row0;
     if (vectorized) {
         const bool col_past = col >= valid_cols;
 #pragma unroll
         for (int pass = 0; pass < kRows / kRowsPerPass; ++pass, src += pass_stride) {
-            cp_async_16(dst + pass * kRowsPerPass * ld, src, col_past || row0 + pass * kRowsPerPass >= valid_rows);
+            cp_async_16(dst + pass * kRowsPerPass * ld, src, col_past || pass * kRowsPerPass >= rows_left);
         }
     } else {
         const int row_elems = min(max(valid_cols - col, 0), kChunk);  // of this chunk in a valid row
 #pragma unroll 1
         for (int pass = 0; pass < kRows / kRowsPerPass; ++pass, src += pass_stride) {
-            const int n = row0 + pass * kRowsPerPass < valid_rows ? row_elems : 0;
+            const int n = pass * kRowsPerPass < rows_left ? row_elems : 0;
 #pragma unroll
             for (int e = 0; e < kChunk; ++e) dst[pass * kRowsPerPass * ld + e] = e < n ? src[e] : from_float<T>(0.f);
         }
@@ -167,6 +170,17 @@ __device__ __forceinline__ void mma_16x8x16(float (&c)[4], const uint32_t (&a)[4
     }
 }
 
+// d = a b + c with m16n8k8 (bf16): a the A fragment's registers {rows g, rows g + 8}
+// of columns 2t, 2t + 1; b holds B rows 2t, 2t + 1 of column g.
+__device__ __forceinline__ void mma_16x8x8_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b,
+                                                const float (&c)[4]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+        "{%7, %8, %9, %10};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a0), "r"(a1), "r"(b), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
 // ---------------------------------------------------------------------------
 // Tile products
 // ---------------------------------------------------------------------------
@@ -175,11 +189,69 @@ __device__ __forceinline__ void mma_16x8x16(float (&c)[4], const uint32_t (&a)[4
 // B (k x n) row-major is b[k * ldb + n], column-major b[n * ldb + k].
 enum class Major { kRow, kCol };
 
-// Column scales of A, i.e. weights on the reduction index k.
+// Column scales of A, i.e. weights on the reduction index k: none, a function of k
+// (the scaled column's elements multiplied one by one), or DiagonalKScale.
 struct NoScale {
     static constexpr bool kEnabled = false;
+    static constexpr bool kDiagonal = false;
     __device__ __forceinline__ float operator()(int) const { return 1.f; }
 };
+
+// Column scales w of a bf16 A applied on the tensor cores, as the product A diag(w):
+// per k-step and m-tile four m16n8k8 products, columns 0-7 and 8-15 each times diag(hi)
+// and diag(lo), hi = bf16(w) and lo = bf16(w - hi). The products are exact in fp32, so
+// the sum rounds to bf16(a w) but for the 2^-16 of w that hi + lo misses (within one
+// ulp of bf16(a w) in a host emulation of the fragments), except that lo loses bits
+// below w ~ 2^-117 (subnormal) and w < 2^-134 counts as 0 (keys that far decayed weigh
+// nothing beside a block's others). An Inf in A spreads as NaN over its 8 columns
+// (Inf * 0 in the product), where the old path kept an Inf. Scaling each fragment's
+// elements instead costs an unpack, two multiplies and a pack per register, four
+// times the instructions. Not for fp16, whose lo is subnormal for w < 2^-11 and whose
+// w overflows past 65504.
+struct DiagonalKScale {
+    static constexpr bool kEnabled = true;
+    static constexpr bool kDiagonal = true;
+    // Per k-step and lane, the four products' B fragments {hi of columns 0-7, lo of
+    // 0-7, hi of 8-15, lo of 8-15}: see diagonal_scale_fragments.
+    const uint4* fragments;
+};
+
+// Lane `lane`'s entry of DiagonalKScale::fragments for k-step k_step, with w the weight
+// of column k. m16n8k8's B fragment holds B[2t][g] in its low half and B[2t + 1][g] in
+// its high half, so of diag(w) only lanes with g / 2 == t hold a nonzero: w of column
+// g (of the eight) in half g % 2.
+template <typename Weight>
+__device__ __forceinline__ uint4 diagonal_scale_fragments(int k_step, int lane, Weight w) {
+    const int g = lane / 4, t = lane % 4;
+    uint32_t parts[4] = {};
+    if (g / 2 == t) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float weight = w(16 * k_step + 8 * half + g);
+            const __nv_bfloat16 hi = __float2bfloat16_rn(weight);
+            const __nv_bfloat16 lo = __float2bfloat16_rn(weight - __bfloat162float(hi));
+            parts[2 * half] = uint32_t(__bfloat16_as_ushort(hi)) << (16 * (g % 2));
+            parts[2 * half + 1] = uint32_t(__bfloat16_as_ushort(lo)) << (16 * (g % 2));
+        }
+    }
+    return make_uint4(parts[0], parts[1], parts[2], parts[3]);
+}
+
+// a, an m16k16 A fragment (bf16), times diag(w) given as DiagonalKScale's fragments of
+// its k-step. The m16n8 accumulators of each 8 columns are those columns' m16k8 A
+// registers once rounded.
+__device__ __forceinline__ void scale_columns_on_tensor_cores(uint32_t (&a)[4], uint4 w) {
+    constexpr float kZero[4] = {};
+    float low[4], high[4];
+    mma_16x8x8_bf16(low, a[0], a[1], w.x, kZero);
+    mma_16x8x8_bf16(low, a[0], a[1], w.y, low);
+    mma_16x8x8_bf16(high, a[2], a[3], w.z, kZero);
+    mma_16x8x8_bf16(high, a[2], a[3], w.w, high);
+    a[0] = pack2<__nv_bfloat16>(low[0], low[1]);
+    a[1] = pack2<__nv_bfloat16>(low[2], low[3]);
+    a[2] = pack2<__nv_bfloat16>(high[0], high[1]);
+    a[3] = pack2<__nv_bfloat16>(high[2], high[3]);
+}
 
 // acc[MT][NT] += A * B over k in [0, 16 * kKSteps), where a and b point at the
 // warp's first row of A and first column of B. Column pairs np with 2 * np >=
@@ -232,7 +304,11 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* a, i
                                                   ((lane / 8) % 2) * 8);
                 }
             }
-            if constexpr (KScale::kEnabled) {
+            if constexpr (KScale::kDiagonal) {
+                const uint4 w = k_scale.fragments[32 * ks + lane];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) scale_columns_on_tensor_cores(af[mt], w);
+            } else if constexpr (KScale::kEnabled) {
                 // af[..][0], [1] hold columns k0 + 2t, 2t + 1; af[..][2], [3] those + 8.
                 const float s0 = k_scale(k0 + 2 * t), s1 = k_scale(k0 + 2 * t + 1);
                 const float s8 = k_scale(k0 + 2 * t + 8), s9 = k_scale(k0 + 2 * t + 9);

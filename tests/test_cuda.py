@@ -37,6 +37,22 @@ def test_matches_float64_reference(dtype, seqlen, dims, decay, poison_allocation
     run_and_check(q, k, v, slope, 0.5, TOLERANCE[dtype])
 
 
+# The scale is the dk and dv sweeps' weight on every key (with its decay), and bf16
+# applies those weights on the tensor cores as a bf16 pair (DiagonalKScale in
+# csrc/tile_ops.cuh): far from 1 neither part may leave the format's range. fp16
+# outputs overflow past 65504, so its scales stay nearer 1.
+SCALES = {torch.float32: (1e-6, 1e4), torch.bfloat16: (1e-6, 1e4), torch.float16: (1e-3, 10.0)}
+
+
+@pytest.mark.parametrize("decay", ["alibi", "strong"])
+@pytest.mark.parametrize("which", [0, 1], ids=["small", "large"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_scales_far_from_one(dtype, which, decay, poison_allocations):
+    heads = 2
+    q, k, v = random_inputs(2, heads, 300, 64, 64, dtype, "cuda", requires_grad=True)
+    run_and_check(q, k, v, DECAYS[decay](heads).cuda(), SCALES[dtype][which], TOLERANCE[dtype])
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_no_slope_and_official_slope_shape(dtype, poison_allocations):
     q, k, v = random_inputs(2, 4, 300, 64, 64, dtype, "cuda")
