@@ -17,7 +17,8 @@ Two more tables:
 - varlen: 16 packed sequences of mixed lengths totalling 65536 tokens, H = 16, with
   cu_seqlens: ours in [1, T, H, D] without and with max_seqlen, and FLA chunk_simple_gla;
   beside ours on the same tokens as an equal-length batch of 16 x 4096 in the same layout;
-  then ours packed (max_seqlen) and equal-length again in [B, H, N, D]. Then the same for
+  then ours packed (max_seqlen) and equal-length again in [B, H, N, D]; ours' rows in
+  VARLEN_ROUNDS turns, their medians reported. Then the same for
   64 shorter sequences (64 x 1024) and 512 short ones (512 x 128), where a sequence's
   partial last block is a large share of its blocks.
 - decode: one token per sequence against fp32 states (B64 H32 and B256 H16): ours
@@ -29,6 +30,7 @@ import argparse
 import inspect
 import json
 import random
+import statistics
 import sys
 from pathlib import Path
 
@@ -206,6 +208,11 @@ def dense_causal_rows(args, ctx):
 
 VARLEN_TOKENS, VARLEN_HEADS = 65536, 16
 VARLEN_SEQS = [16, 64, 512]  # sequences per packed batch, one table row group each
+# Ours' rows of a group are timed this many times, in turns of rotating order, and
+# reported as medians: packed and equal-length differ by a few percent, less than the
+# drift between rows timed once one after the other (perf.md v15: 0.92x once, 1.01x in
+# turns, the same closures on the same GPU).
+VARLEN_ROUNDS = 3
 DECODE_SHAPES = [(64, 32), (256, 16)]
 # Which --impls select each decode row: ours, and FLA's fused recurrent kernel (its
 # decode path, which no loader names) with either FLA loader.
@@ -248,9 +255,28 @@ def varlen_rows_of(seqs, args, ctx):
              "ours_max_seqlen_bhnd": (lambda: ours_packed("BHND", max(lengths)), packed, "BHND"),
              "ours_equal_length_bhnd": (lambda: load_ours(s, layout="BHND"), equal, "BHND"),
              "fla_chunk": (fla_packed, packed, "BTHD")}
-    return [timed_row("varlen", name, b, VARLEN_HEADS, n, load, layout, args, ctx, seqs=seqs, lengths=lengths)
-            for name, (load, (b, n), layout) in impls.items()
-            if ("ours" if name.startswith("ours") else name) in args.impls]  # --impls ours selects all of ours' rows
+    selected = {name: spec for name, spec in impls.items()
+                if ("ours" if name.startswith("ours") else name) in args.impls}  # --impls ours selects all of ours'
+    ours = [name for name in selected if name.startswith("ours")]
+    timed = {name: [] for name in selected}
+    turns = [ours[r % len(ours):] + ours[:r % len(ours)] for r in range(VARLEN_ROUNDS)] if ours else []
+    for name in [name for turn in turns for name in turn] + [name for name in selected if name not in ours]:
+        load, (b, n), layout = selected[name]
+        timed[name].append(timed_row("varlen", name, b, VARLEN_HEADS, n, load, layout, args, ctx, seqs=seqs,
+                                     lengths=lengths))
+    return [median_row(timed[name]) for name in selected]
+
+
+def median_row(rounds):
+    """One row from the rows of several rounds: the medians of their times (and peaks),
+    with every round's times under "rounds"."""
+    row = dict(rounds[0])
+    for key in ("fwd_ms", "fwdbwd_ms", "peak_mib"):
+        values = [r[key] for r in rounds if r[key] is not None]
+        row[key] = statistics.median(values) if values else None
+    if len(rounds) > 1:
+        row["rounds"] = {key: [r[key] for r in rounds] for key in ("fwd_ms", "fwdbwd_ms")}
+    return row
 
 
 def decode_rows(args, ctx):
@@ -336,7 +362,9 @@ def varlen_markdown(rows):
         tables += [f"Varlen: {seqs} sequences, {VARLEN_TOKENS} tokens, H = {VARLEN_HEADS} "
                    f"(lengths {min(rs[0]['lengths'])} to {max(rs[0]['lengths'])}; equal length "
                    f"{VARLEN_TOKENS // seqs}); floor {fmt(rs[0]['floor_fwd_ms'])} / "
-                   f"{fmt(rs[0]['floor_fwdbwd_ms'])} ms.",
+                   f"{fmt(rs[0]['floor_fwdbwd_ms'])} ms"
+                   + (f"; ours' rows are medians of {len(ours['rounds']['fwd_ms'])} rounds timed in turn."
+                      if ours and "rounds" in ours else "."),
                    "", "| impl | layout | fwd / fwd+bwd ms | vs ours packed fwd / fwd+bwd | / floor fwd / fwd+bwd "
                    "| peak MiB |",
                    "|---|---|---|---|---|---|"]
