@@ -3,10 +3,14 @@ runs a fixed list of seeded calls, saves their outputs and gradients (--save) an
 prints do_bench medians and per-kernel profiler times as JSON (--time)."""
 import argparse
 import json
-import zlib
 import sys
+import zlib
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench import VARLEN_TOKENS, varlen_lengths  # noqa: E402
 
 CALLS = {
     # name: (dtype, B, H, N, D, E, packed lengths or None, layout, slope grad)
@@ -28,16 +32,6 @@ CALLS = {
 }
 
 
-def lengths_of(seqs, total):
-    """`seqs` mixed lengths summing to total, fixed (as bench/bench.py's varlen rows)."""
-    import random
-    rng = random.Random(1)
-    raw = [rng.uniform(1.0, 10.0) for _ in range(seqs)]
-    lengths = [round(total * r / sum(raw)) for r in raw]
-    lengths[-1] += total - sum(lengths)
-    return lengths
-
-
 def setup_call(la, name):
     dtype, b, h, n, d, e, seqs, layout, slope_grad = CALLS[name]
     torch.manual_seed(zlib.crc32(name.encode()))  # not hash(): salted per process
@@ -48,7 +42,8 @@ def setup_call(la, name):
     slope = la.build_slopes(h).cuda()
     options = {"layout": layout}
     if seqs is not None:
-        lengths = lengths_of(seqs, n)
+        assert n == VARLEN_TOKENS
+        lengths = varlen_lengths(seqs)  # bench/bench.py's varlen rows
         options["cu_seqlens"] = torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
         options["max_seqlen"] = max(lengths)
     inputs = [x.requires_grad_(True) for x in (q, k, v)]
