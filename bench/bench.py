@@ -1,7 +1,7 @@
 """Time lightning_attn2_cuda against its anchors on one GPU, in one run.
 
 Usage:
-    python3 bench/bench.py                      # all shapes, all impls -> bench/results/h200.{json,md}
+    python3 bench/bench.py                      # all shapes, all impls -> bench/results/<gpu>.{json,md}
     python3 bench/bench.py --name h200-try --quick
     python3 bench/bench.py --shapes "4,32,2048;1,16,65536" --impls ours,fla_chunk
 
@@ -30,6 +30,7 @@ import argparse
 import inspect
 import json
 import random
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -425,7 +426,8 @@ def markdown_report(rows, impls, ctx):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--name", default="h200", help="results go to bench/results/<name>.{json,md}")
+    p.add_argument("--name", default=None,
+                   help="results go to bench/results/<name>.{json,md} (default: the GPU's model, e.g. h200)")
     p.add_argument("--shapes", default=None, help='"B,H,N;B,H,N" (default: the six standard shapes)')
     p.add_argument("--impls", default=",".join(LOADERS), help=f"comma list out of {','.join(LOADERS)}")
     p.add_argument("--quick", action="store_true", help="fewer timing repetitions")
@@ -439,6 +441,13 @@ def parse_args(argv):
     return args
 
 
+def results_name(gpu):
+    """The results' file name for a GPU: its model ("NVIDIA H100 80GB HBM3" -> "h100"), so
+    that a run on whichever GPU the pool gives is not filed under another's name."""
+    models = re.findall(r"\b([A-Z]+\d{2,4}[A-Z]?)\b", gpu)
+    return (models[0] if models else re.sub(r"\W+", "_", gpu)).lower()
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not torch.cuda.is_available():
@@ -447,6 +456,7 @@ def main(argv=None):
         return 1
     import triton
     ctx = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    name = args.name or results_name(ctx["gpu"])
     ctx["copy_tbps"] = measure_copy_tbps(args.quick)
     print(f"{ctx['gpu']}: device-to-device copy {ctx['copy_tbps']:.2f} TB/s", flush=True)
 
@@ -456,9 +466,9 @@ def main(argv=None):
         rows += case(args, ctx)
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
     report = markdown_report(rows, args.impls, ctx)
-    (RESULTS_DIR / f"{args.name}.md").write_text(report + "\n")
+    (RESULTS_DIR / f"{name}.md").write_text(report + "\n")
     print(report)
     ours_failed = any(r["impl"] == "ours" and "note" in r for r in rows)
     return 1 if ours_failed else 0
