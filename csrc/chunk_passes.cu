@@ -3,6 +3,7 @@
 // packed into chunks), and the prefix over chunk states.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernel_traits.h"
 #include "launch.h"
@@ -32,29 +33,42 @@ __device__ __forceinline__ PackedCounts shfl_up(PackedCounts x, int offset) {
     return {__shfl_up_sync(0xffffffffu, x.chunks, offset), __shfl_up_sync(0xffffffffu, x.cost, offset),
             __shfl_up_sync(0xffffffffu, x.longest, offset)};
 }
+template <typename V>
+__device__ __forceinline__ V shfl_down(V x, int offset) {
+    return __shfl_down_sync(0xffffffffu, x, offset);
+}
 
-// Exclusive scan over the CTA's threads of `x` under `op` (identity `zero`);
+// Exclusive scan over the CTA's threads of `x` under `op` (identity `zero`), in
+// ascending thread order, or descending with kReverse (what comes after each thread);
 // `total` gets the reduction of all. Every thread calls it. Warp shuffles, then one
 // warp over the warps' totals: three barriers (the pass is on every packed call's
 // critical path).
-template <typename V, typename Op>
+template <bool kReverse = false, typename V, typename Op>
 __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
     static_assert(kPackThreads == 32 * 32, "one warp scans the warps' totals");
     __shared__ V warp_totals[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    auto warp_inclusive_scan = [&](V value) {
+    // Positions in the scan's order.
+    const int lane = kReverse ? 31 - int(threadIdx.x % 32) : int(threadIdx.x % 32);
+    const int warp = kReverse ? 31 - int(threadIdx.x / 32) : int(threadIdx.x / 32);
+    // The value `offset` positions earlier in the scan's order (for reverse, a higher lane).
+    auto earlier = [](V value, int offset, auto reverse) {
+        if constexpr (decltype(reverse)::value) return shfl_down(value, offset);
+        else return shfl_up(value, offset);
+    };
+    auto warp_inclusive_scan = [&](V value, int position, auto reverse) {
         for (int offset = 1; offset < 32; offset *= 2) {
-            const V other = shfl_up(value, offset);
-            if (lane >= offset) value = op(value, other);
+            const V other = earlier(value, offset, reverse);
+            if (position >= offset) value = op(value, other);
         }
         return value;
     };
-    const V inclusive = warp_inclusive_scan(x);
+    constexpr std::bool_constant<kReverse> kOrder{};
+    const V inclusive = warp_inclusive_scan(x, lane, kOrder);
     if (lane == 31) warp_totals[warp] = inclusive;
     __syncthreads();
-    if (warp == 0) warp_totals[lane] = warp_inclusive_scan(warp_totals[lane]);
+    if (threadIdx.x < 32) warp_totals[threadIdx.x] = warp_inclusive_scan(warp_totals[threadIdx.x], threadIdx.x, std::false_type{});
     __syncthreads();
-    const V before_lane = shfl_up(inclusive, 1);
+    const V before_lane = earlier(inclusive, 1, kOrder);
     const V exclusive = op(warp > 0 ? warp_totals[warp - 1] : zero, lane > 0 ? before_lane : zero);
     *total = warp_totals[31];
     __syncthreads();  // warp_totals is reused by the next call
@@ -65,10 +79,13 @@ __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
 // (flag_count ints); a packed problem's CTA packs its sequences. seq_start is
 // cu_seqlens clamped to [0, seqlen] and made non-decreasing (a no-op for valid
 // input, which the Python side checks; invalid input then cannot send the sweep
-// out of bounds). chunk_start and relay_start are the exclusive sums of the
-// sequences' chunk counts and relay costs; longest_chunk the largest cost of one chunk.
-// Each thread packs a run of entries: two scans over the runs, and no value makes a
-// round trip through global memory.
+// out of bounds). job_end groups the sequences into jobs (joins_previous_job).
+// chunk_start and relay_start are the exclusive sums of the sequences' chunk counts
+// and of the jobs' relay costs (counted at each job's first sequence); longest_chunk
+// the largest cost of one chunk; row_starts marks where the sequences of jobs of
+// several start.
+// Each thread packs a run of entries: scans over the runs, and each value that
+// crosses runs goes through global memory once, behind a barrier.
 __global__ void __launch_bounds__(kPackThreads)
     prepare_relay_kernel(const __grid_constant__ LinearAttnBatch batch, int flag_count) {
     if (blockIdx.y == 0)
@@ -85,43 +102,87 @@ __global__ void __launch_bounds__(kPackThreads)
                                              : static_cast<const int32_t*>(p.cu_seqlens)[n];
         return int(x < 0 ? 0 : x > p.seqlen ? p.seqlen : x);
     };
+    auto min_op = [](int a, int b) { return min(a, b); };
+    auto max_op = [](int a, int b) { return max(a, b); };
+    int unused = 0;
 
     // seq_start: a running maximum over the entries. The run's last sequence ends at
     // the next run's first start, which this thread computes as well.
-    int run_max = 0, unused = 0;
+    int run_max = 0;
     for (int n = begin; n < end; ++n) run_max = max(run_max, clamped_cu(n));
-    const int start_before = block_exclusive_scan(run_max, 0, [](int a, int b) { return max(a, b); }, &unused);
+    const int start_before = block_exclusive_scan(run_max, 0, max_op, &unused);
     const int end_start = end < entries ? max(max(start_before, run_max), clamped_cu(end)) : 0;
-
-    // The run's entries in order: f(n, seq_start[n], the counts of sequence n (none
-    // for the last entry, which starts no sequence)).
-    const PackedCounts none{0, 0, 1};
+    // The run's entries in order: f(n, seq_start[n - 1], seq_start[n], seq_start[n + 1])
+    // (for the last entry, which starts no sequence, its own start as the next).
     auto walk_run = [&](auto&& f) {
-        for (int n = begin, start = start_before; n < end; ++n) {
+        for (int n = begin, prev = start_before, start = start_before; n < end; ++n) {
             start = max(start, clamped_cu(n));
-            if (n == p.num_seqs) {
-                f(n, start, none);
-                continue;
-            }
-            const int next_start = n + 1 < end ? max(start, clamped_cu(n + 1)) : end_start;
-            const int blocks = blocks_of(next_start - start);
-            f(n, start,
-              PackedCounts{chunks_of(blocks, plan.chunk_blocks), relay_cost(blocks),
-                           relay_cost(longest_chunk_of(blocks, plan.chunk_blocks))});
+            const int next = n + 1 < end ? max(start, clamped_cu(n + 1)) : n == p.num_seqs ? start : end_start;
+            f(n, prev, start, next);
+            prev = start;
         }
     };
+
+    // job_end: each job's first sequence, and the last entry, which ends the last job,
+    // marked in the run's pass forwards; then backwards, every entry takes the next mark.
+    int first_mark = entries;  // the run's first
+    walk_run([&](int n, int prev, int start, int next) {
+        plan.seq_start[n] = start;
+        const bool mark = n == 0 || n == p.num_seqs || !joins_previous_job(plan.job_blocks, prev, start, next);
+        plan.job_end[n] = mark ? n : -1;
+        if (mark) first_mark = min(first_mark, n);
+    });
+    const int mark_after_run = block_exclusive_scan<true>(first_mark, entries, min_op, &unused);
+    for (int n = end - 1, next_mark = mark_after_run; n >= begin; --n) {
+        const bool mark = plan.job_end[n] == n;
+        if (n < p.num_seqs) plan.job_end[n] = next_mark;
+        if (mark) next_mark = n;
+    }
+    __syncthreads();  // seq_start and job_end, read across runs below
+    auto first_of_job = [&](int n) { return n == 0 || plan.job_end[n - 1] == n; };
+
+    // Chunks per sequence; relay cost and longest chunk per job, at its first sequence.
+    const PackedCounts none{0, 0, 1};
+    auto counts_of = [&](int n, int start, int next) {
+        if (n == p.num_seqs) return none;
+        if (!first_of_job(n)) return PackedCounts{chunks_of(blocks_of(next - start), plan.chunk_blocks), 0, 1};
+        const int blocks = blocks_of(plan.seq_start[plan.job_end[n]] - start);
+        return PackedCounts{chunks_of(blocks, plan.chunk_blocks), relay_cost(blocks),
+                            relay_cost(longest_chunk_of(blocks, plan.chunk_blocks))};
+    };
     PackedCounts run = none;
-    walk_run([&](int, int, PackedCounts counts) { run = combine(run, counts); });
+    walk_run([&](int n, int, int start, int next) { run = combine(run, counts_of(n, start, next)); });
     PackedCounts total{};
     PackedCounts before = block_exclusive_scan(
         run, none, [](PackedCounts a, PackedCounts b) { return combine(a, b); }, &total);
-    walk_run([&](int n, int start, PackedCounts counts) {
-        plan.seq_start[n] = start;
+    walk_run([&](int n, int, int start, int next) {
         plan.chunk_start[n] = before.chunks;
         plan.relay_start[n] = before.cost;
-        before = combine(before, counts);
+        before = combine(before, counts_of(n, start, next));
     });
     if (threadIdx.x == 0) *plan.longest_chunk = total.longest;
+    if (plan.job_blocks == 0) return;
+
+    // row_starts: zeroed over the line of one head, then a bit per sequence start
+    // inside a job of several, at its row in the sweep's direction of time.
+    int last_first = -1;  // of the run's jobs
+    for (int n = begin; n < end; ++n)
+        if (n < p.num_seqs && first_of_job(n)) last_first = n;
+    int first = block_exclusive_scan(last_first, -1, max_op, &unused);
+    for (int64_t i = threadIdx.x; i < total.cost; i += kPackThreads) plan.row_starts[i] = 0;
+    __syncthreads();  // relay_start and the zeroed row_starts
+    walk_run([&](int n, int, int start, int next) {
+        if (n == p.num_seqs) return;
+        if (first_of_job(n)) first = n;
+        const int end_seq = plan.job_end[first];
+        if (end_seq == first + 1) return;
+        const int job_first_token = plan.seq_start[first], job_end_token = plan.seq_start[end_seq];
+        const int row = p.reversed ? job_end_token - next : start - job_first_token;
+        if (row > 0 && row < job_end_token - job_first_token) {
+            atomicOr(reinterpret_cast<unsigned long long*>(plan.row_starts) + plan.relay_start[first] + row / kSweepBlockN,
+                     1ull << (row % kSweepBlockN));
+        }
+    });
 }
 
 // One CTA per part of a slab, `parts` per (candidate, head, v slice) of each chunked

@@ -38,7 +38,8 @@ struct SweepPlan {
     int chunks_per_seq;  // equal-length batches
     int64_t state_chunks;
     bool chunked;
-    size_t pack_bytes;   // seq_start, chunk_start, relay_start and longest_chunk of packed sequences
+    int job_blocks;      // packed sequences (ChunkPlan::job_blocks)
+    size_t pack_bytes;   // seq_start, job_end, chunk_start, relay_start, longest_chunk and row_starts
     size_t state_bytes;  // chunk states
 };
 
@@ -169,6 +170,13 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
         // any longer chunk; the cap keeps chunk_blocks * kBlockN within an int however
         // many sequences there are.
         plan.chunk_blocks = int(std::min(chunk_blocks, seq_blocks + 1));
+        // Short sequences share jobs (joins_previous_job) unless a state enters or leaves
+        // them. A job is no longer than a relay segment would be were every job whole
+        // blocks (about its length: a longer one would stretch every segment).
+        const bool stateless = p.initial_state.ptr == nullptr && p.final_state.ptr == nullptr && !p.decay_derivative;
+        plan.job_blocks =
+            stateless ? int(std::min<int64_t>(plan.chunk_blocks, std::max<int64_t>(1, seq_blocks * per_chunk_row / slots)))
+                      : 0;
         // A known longest sequence that fits one chunk: cut none (seq_blocks + 1 blocks),
         // so this problem needs no state or prefix pass (they are not launched unless
         // another problem of its launch group is cut).
@@ -177,7 +185,11 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
         plan.chunks_per_seq = 0;
         plan.state_chunks = p.seqlen / (int64_t(plan.chunk_blocks) * kSweepBlockN);
         const size_t entries = size_t(p.num_seqs) + 1;
-        plan.pack_bytes = aligned(entries * sizeof(int)) + 2 * aligned(entries * sizeof(int64_t)) + aligned(sizeof(int));
+        // row_starts: a job of b blocks costs b on a head's relay line, which is then at
+        // most seq_blocks + num_seqs long.
+        plan.pack_bytes = 2 * aligned(entries * sizeof(int)) + 2 * aligned(entries * sizeof(int64_t)) +
+                          aligned(sizeof(int)) +
+                          (plan.job_blocks > 0 ? aligned(size_t(seq_blocks + p.num_seqs) * sizeof(uint64_t)) : 0);
     }
     plan.chunked = plan.state_chunks > 0;
     plan.state_bytes = aligned(size_t(plan.state_chunks) * p.heads * plan.v_tiles * tiles.head_dim_qk * tiles.tile_v *
@@ -296,18 +308,23 @@ cudaError_t run_linear_attn(const LinearAttnParams* problems, int num_problems, 
         const SweepPlan& plan = call.sweeps[i];
         const bool packed = problems[i].cu_seqlens != nullptr;
         const size_t entries = size_t(problems[i].num_seqs) + 1;
-        char* pack = free_workspace;
-        char* chunk_start = pack + aligned(entries * sizeof(int));
+        char* seq_start = free_workspace;
+        char* job_end = seq_start + aligned(entries * sizeof(int));
+        char* chunk_start = job_end + aligned(entries * sizeof(int));
         char* relay_start = chunk_start + aligned(entries * sizeof(int64_t));
         char* longest = relay_start + aligned(entries * sizeof(int64_t));
+        char* row_starts = longest + aligned(sizeof(int));
         chunks[i] = {plan.chunk_blocks,
                      plan.chunks_per_seq,
                      plan.state_chunks,
                      plan.chunked,
-                     packed ? reinterpret_cast<int*>(pack) : nullptr,
+                     plan.job_blocks,
+                     packed ? reinterpret_cast<int*>(seq_start) : nullptr,
+                     packed ? reinterpret_cast<int*>(job_end) : nullptr,
                      packed ? reinterpret_cast<int64_t*>(chunk_start) : nullptr,
                      packed ? reinterpret_cast<int64_t*>(relay_start) : nullptr,
                      packed ? reinterpret_cast<int*>(longest) : nullptr,
+                     plan.job_blocks > 0 ? reinterpret_cast<uint64_t*>(row_starts) : nullptr,
                      reinterpret_cast<float*>(free_workspace + plan.pack_bytes)};
         free_workspace += plan.pack_bytes + plan.state_bytes;
     }

@@ -26,11 +26,21 @@ struct ChunkPlan {
     int chunks_per_seq;  // equal-length batches: chunks of every sequence
     int64_t state_chunks;  // chunks that are not last in their sequence (a bound for packed sequences)
     bool chunked;        // some sequence may have more than one chunk
+    // Packed sequences without states: runs of consecutive short sequences are swept
+    // as one job of at most job_blocks blocks (see joins_previous_job); 0: every
+    // sequence is its own job.
+    int job_blocks;
     // Packed sequences (cu_seqlens): filled on the device by the preparing pass.
     int* seq_start;          // [num_seqs + 1] first token of sequence n, cu_seqlens made safe
+    int* job_end;            // [num_seqs + 1] the sequence after the job holding sequence n
     int64_t* chunk_start;    // [num_seqs + 1] index of the first chunk of sequence n
-    int64_t* relay_start;    // [num_seqs + 1] relay cost of the sequences before n (see RelayWorkspace)
+    int64_t* relay_start;    // [num_seqs + 1] relay cost of the jobs before sequence n's (see RelayWorkspace)
     int* longest_chunk;      // [1] the largest relay cost of one chunk
+    // With job_blocks: per block of a job of several sequences, at relay_start[first
+    // sequence] + block, bit r set where a sequence other than the job's first starts at
+    // row r, in the sweep's direction of time (a reversed sweep's sequences start at
+    // their last tokens). The output pass resets the recurrence there.
+    uint64_t* row_starts;
     // [chunks that are not last in their sequence][heads][v tiles][state slab], fp32;
     // the slot of chunk c of sequence n is chunk_start[n] - n + c
     // (n * (chunks_per_seq - 1) + c for equal-length batches).
@@ -38,7 +48,7 @@ struct ChunkPlan {
 };
 
 // The output pass is a relay of persistent CTAs. Its jobs, every (problem, head,
-// sequence, chunk) of the launch in that order, lie end to end on a line where a
+// sequence or run of sequences, chunk) of the launch in that order, lie end to end on a line where a
 // chunk of b blocks costs max(1, b). The line is cut into `segments` equal
 // segments, at least as long as the longest chunk, and each segment is swept by
 // one CTA per v slice, front to back: the order of McNaughton's wrap-around rule,

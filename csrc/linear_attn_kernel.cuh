@@ -43,6 +43,13 @@ struct KeyDecay {
     __device__ __forceinline__ float operator()(int s) const { return mask(valid - 1 - s); }
 };
 
+// In a block of a job of several sequences, the row of the last sequence start at or
+// before `row` (bit r of `starts`: a sequence starts at row r); -1: none.
+__device__ __forceinline__ int last_start_at_or_before(uint64_t starts, int row) {
+    const uint64_t up_to_row = starts & (~0ull >> (63 - row));
+    return up_to_row != 0 ? 63 - __clzll(static_cast<long long>(up_to_row)) : -1;
+}
+
 // A piece of a CTA's work with where its tokens lie: the
 // offsets (elements) from q, k, v and o's pointers to its sequence's first token in
 // the sweep's direction of time (v and o at the CTA's first column), and the steps
@@ -80,10 +87,12 @@ __device__ __forceinline__ void locate_tokens(const LinearAttnBatch& batch, int 
 }
 
 // Block `block` of a located piece into shared memory: its q (when with_q), k and v
-// tiles, zero past the sequence's end and past the head dims; one cp.async group.
+// tiles, zero past the job's end and past the head dims, and, in a job of several
+// sequences, its sequence starts (ChunkPlan::row_starts) into *row_starts when given;
+// one cp.async group.
 template <class Traits, typename T = typename Traits::Element>
 __device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, const LocatedPiece& x, int block,
-                                                 int v_col0, bool with_q, T* sQ, T* sK, T* sV) {
+                                                 int v_col0, bool with_q, T* sQ, T* sK, T* sV, uint64_t* row_starts) {
     constexpr int kBlockN = Traits::kBlockN;
     const LinearAttnParams& p = batch.problems[x.piece.problem];
     const int64_t first = int64_t(block) * kBlockN;
@@ -99,6 +108,8 @@ __device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, c
                                                              x.vectorized);
     load_tile<kBlockN, Traits::kTileV, Traits::kThreads>(sV, Traits::kLdV, src(p.v, 2), x.step[2], valid,
                                                          min(Traits::kTileV, p.dim_v - v_col0), x.vectorized);
+    if (row_starts != nullptr && x.piece.work.row_starts >= 0 && threadIdx.x == 0)
+        cp_async_8(row_starts, batch.chunks[x.piece.problem].row_starts + x.piece.work.row_starts + block);
     cp_async_commit();
 }
 
@@ -141,6 +152,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     __shared__ int v_tile;
     // The (problem, head) whose decay tables are in shared memory; -1: none yet.
     __shared__ int tables_problem, tables_head;
+    // Per load stage, the sequence starts of its block in a job of several sequences
+    // (output pass only).
+    __shared__ uint64_t block_row_starts[state_pass ? 1 : kStages];
     // Thread 0: the segment's next piece into `out` (out.valid false at its end).
     auto take_next_piece = [&](LocatedPiece& out) {
         bool found;
@@ -196,9 +210,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     };
     float* decay_pow = reinterpret_cast<float*>(key_decay_fragments +
                                                 Traits::kStates * kKeyDecayTables * kKeyDecayFragments);  // [kBlockN + 1]
-    float* masked_decay = decay_pow + kBlockN + 1;  // [kStates][2 * kBlockN], see MaskedDecay
+    float* masked_decay = decay_pow + kBlockN + 1;  // [kMaskTables][2 * kBlockN], see MaskedDecay
     const MaskedDecay<kBlockN> mask{masked_decay};
     const MaskedDecay<kBlockN> mask_derivative{masked_decay + 2 * kBlockN};
+    // Without DiagonalKScale: the key decay of the block in hand, in a job of several sequences.
+    float* block_masked_decay = masked_decay + Traits::kStates * 2 * kBlockN;
 
     while (in_hand.valid) {
         const SweepPiece& piece = in_hand.piece;
@@ -216,7 +232,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // Block `block` of the piece into load stage `stage` (one cp.async group).
         auto load_block = [&](int block, int stage) {
             load_block_tiles<Traits>(batch, in_hand, block, v_col0, !state_pass, sQ + stage * Traits::kQKTileElems,
-                                     sK + stage * Traits::kQKTileElems, sV + stage * Traits::kVTileElems);
+                                     sK + stage * Traits::kQKTileElems, sV + stage * Traits::kVTileElems,
+                                     state_pass ? nullptr : block_row_starts + stage);
         };
         // The first blocks load while the decay tables and the state are set up: one for
         // kStages 1, else kStages - 1 (a group each, empty past the piece, so that the
@@ -260,12 +277,28 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             if constexpr (Traits::kKeyDecayOnTensorCores) write_key_decay_fragments(false, kBlockN);
         }
         // The sequence's last block, when partial and in this piece (never in the state
-        // pass, whose chunks are not last).
+        // pass, whose chunks are not last). A job of several sequences writes it per block
+        // (write_block_key_decay).
+        const bool job_of_several = work.row_starts >= 0;
         if constexpr (Traits::kKeyDecayOnTensorCores && !state_pass) {
             const int last_block_tokens = work.length - (blocks_of(work.length) - 1) * kBlockN;
-            if (end_block == blocks_of(work.length) && last_block_tokens < kBlockN)
+            if (!job_of_several && end_block == blocks_of(work.length) && last_block_tokens < kBlockN)
                 write_key_decay_fragments(true, last_block_tokens);
         }
+        // In a job of several sequences, the key decay of a block of `valid` tokens where
+        // the last sequence start is at row first_key: keys before it weigh nothing (the
+        // sequence that starts there does not see them).
+        auto write_block_key_decay = [&](int valid, int first_key) {
+            if constexpr (Traits::kKeyDecayOnTensorCores) {
+                for (int i = threadIdx.x; i < kKeyDecayFragments; i += kThreads) {
+                    key_decay_table(0, true)[i] = diagonal_scale_fragments(
+                        i / 32, i % 32, [&](int key) { return key >= first_key ? mask(valid - 1 - key) : 0.f; });
+                }
+            } else {
+                for (int i = threadIdx.x; i < 2 * kBlockN; i += kThreads)
+                    block_masked_decay[i] = i - (kBlockN - 1) <= valid - 1 - first_key ? masked_decay[i] : 0.f;
+            }
+        };
 
         // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
         // and a copy rounded to T in shared memory as the operand of Q_i KV.
@@ -365,12 +398,15 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // The derivative sweep differentiates each factor in -slope (distances in units of
         // 1 / derivative_scale): Lambda Q_i KV becomes lambda^(t+1) ((t+1) Q_i KV + Q_i KV'),
         // and M[t][s] becomes (t-s) lambda^(t-s).
+        // In a job of several sequences (starts: the block's sequence starts), a row
+        // sees no key before its sequence's start, and rows at or after a start in the
+        // block no state (the derivative sweep has no such jobs).
         // The intra-block term first, then the inter-block term added to it, so that a
         // block entering from KV = 0 (state_is_zero: KV and KV' are 0) skips the second.
         // Each product's first mma then takes its zero accumulator as the zero register:
         // no instructions zero acc_o on the full-block path (perf.md v11).
         auto block_output = [&](const T* sQb, const T* sKb, const T* sVb, int shift, bool state_is_zero,
-                                float (&acc_o)[1][kVTiles][4]) {
+                                uint64_t starts, float (&acc_o)[1][kVTiles][4]) {
             // Keys past this warp's last row are all masked: their tiles are skipped.
             float scores[1][kScoreTiles][4] = {};
             warp_gemm<Major::kRow, Major::kCol, kQKSteps>(scores, sQb, kLdQK, sKb, kLdQK, row0 / 8 + 2, NoScale{});
@@ -380,6 +416,17 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                 for (int r = 0; r < 4; ++r) {
                     const int tq = row0 + g + 8 * (r / 2), sk = 8 * j + 2 * t + r % 2;
                     scores[0][j][r] *= kDerivative ? mask_derivative(tq - sk) : mask(tq - sk);
+                }
+            }
+            if (starts != 0) {
+                int first_key[2];
+#pragma unroll
+                for (int half = 0; half < 2; ++half) first_key[half] = last_start_at_or_before(starts, row0 + g + 8 * half);
+#pragma unroll
+                for (int j = 0; j < kScoreTiles; ++j) {
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        if (8 * j + 2 * t + r % 2 < first_key[r / 2]) scores[0][j][r] = 0.f;
                 }
             }
             warp_gemm_registers_a(acc_o, scores, sVb, kLdV, warp + 1);
@@ -400,11 +447,16 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                     }
                 }
             } else {
+                float row_decay[2];
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int tq = row0 + g + 8 * half;
+                    row_decay[half] = last_start_at_or_before(starts, tq) < 0 ? decay_pow[tq + 1 - shift] : 0.f;
+                }
 #pragma unroll
                 for (int j = 0; j < kVTiles; ++j) {
 #pragma unroll
-                    for (int r = 0; r < 4; ++r)
-                        acc_o[0][j][r] += decay_pow[row0 + g + 8 * (r / 2) + 1 - shift] * acc_inter[0][j][r];
+                    for (int r = 0; r < 4; ++r) acc_o[0][j][r] += row_decay[r / 2] * acc_inter[0][j][r];
                 }
             }
         };
@@ -448,17 +500,23 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // KV = lambda^(valid-shift) KV + kv_scale (lambda^(valid-1-s) K_i)^T V_i; for the
         // derivative sweep first KV' = lambda^valid (KV' + valid KV)
         //                             + kv_scale ((valid-1-s) lambda^(valid-1-s) K_i)^T V_i.
+        // Where a sequence of a job starts in the block (starts), KV restarts from it:
+        // its keys alone, by write_block_key_decay's table.
         // The products take the block's keys Traits::kStateUpdateKSteps k-steps at a time;
         // KV decays just before its first product, once KV' has read it undecayed.
-        auto update_state = [&](const T* sKb, const T* sVb, int valid, int shift) {
+        auto update_state = [&](const T* sKb, const T* sVb, int valid, int shift, uint64_t starts) {
             constexpr int kKSteps = Traits::kStateUpdateKSteps;
-            const float block_decay = decay_pow[valid - shift];
+            const float block_decay = starts != 0 ? 0.f : decay_pow[valid - shift];
             // The weights of keys [key0, key0 + 16 kKSteps) of state `state`'s product.
             auto key_decay = [&](int state, int key0) {
                 if constexpr (Traits::kKeyDecayOnTensorCores) {
-                    return DiagonalKScale{key_decay_table(state, !state_pass && valid < kBlockN) + 32 * (key0 / 16)};
+                    return DiagonalKScale{key_decay_table(state, !state_pass && (valid < kBlockN || starts != 0)) +
+                                          32 * (key0 / 16)};
                 } else {
-                    return KeyDecay<kBlockN>{state == 0 ? mask : mask_derivative, valid - key0};
+                    return KeyDecay<kBlockN>{starts != 0       ? MaskedDecay<kBlockN>{block_masked_decay}
+                                             : state == 0 ? mask
+                                                          : mask_derivative,
+                                             valid - key0};
                 }
             };
             if constexpr (kDerivative) {
@@ -503,13 +561,20 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             // The sequence's first block starts from the initial state alone, the only
             // state an undecayed start applies to.
             const int shift = block == 0 ? initial_shift : 0;
+            const uint64_t starts = !state_pass && job_of_several ? block_row_starts[stage] : 0;
+            // The block's own key decay table, read by every warp's state update: written
+            // here, behind the barrier before the update.
+            const bool block_key_decay =
+                starts != 0 || (Traits::kKeyDecayOnTensorCores && job_of_several && valid < kBlockN);
             if constexpr (!state_pass) {
+                if (block_key_decay) write_block_key_decay(valid, max(0, last_start_at_or_before(starts, kBlockN - 1)));
                 float acc_o[1][kVTiles][4] = {};
                 block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift,
-                             block == 0 && enters_from_zero, acc_o);
+                             block == 0 && enters_from_zero, starts, acc_o);
                 store_output(block, valid, acc_o);
+                if (block_key_decay) __syncthreads();
             }
-            update_state(sKb, sVb, valid, shift);
+            update_state(sKb, sVb, valid, shift, starts);
 
             __syncthreads();  // everyone is done with this stage and the old state copy
             if constexpr (!state_pass) copy_state_to_smem();

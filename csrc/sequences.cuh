@@ -12,13 +12,16 @@
 
 namespace lightning_attn2 {
 
+// Work of one job: a sequence, or a run of short packed sequences (joins_previous_job)
+// swept as one, the recurrence reset where each of them starts.
 struct SequenceChunk {
-    int seq;           // sequence n (the batch index, or the packed sequence)
-    int chunk;         // chunk c of that sequence
-    int num_chunks;    // chunks of that sequence
-    int batch;         // batch row holding the sequence (0 when packed)
-    int64_t first_token;  // of the sequence, within its batch row
-    int length;        // tokens of the sequence
+    int seq;           // sequence n (the batch index, or the packed sequence): the job's first
+    int chunk;         // chunk c of that job
+    int num_chunks;    // chunks of that job
+    int batch;         // batch row holding the job (0 when packed)
+    int64_t first_token;  // of the job, within its batch row
+    int length;        // tokens of the job
+    int64_t row_starts;   // the job's first block in ChunkPlan::row_starts; -1: one sequence
 };
 
 // A run of consecutive blocks of one chunk, swept by one CTA in one go.
@@ -50,7 +53,20 @@ __host__ __device__ __forceinline__ int longest_chunk_of(int blocks, int chunk_b
 // per block, and one for a job of none.
 __host__ __device__ __forceinline__ int relay_cost(int blocks) { return std::max(1, blocks); }
 
-// Sequence n of the problem, as chunk c.
+// Packed sequences without states are swept in jobs of consecutive sequences
+// (ChunkPlan::job_blocks): sequence n, starting at `start` and ending at `next_start`,
+// joins the job of sequence n - 1 (starting at `prev_start`) when both are no longer
+// than half a job and start in the same stretch of half a job's tokens. A job then
+// spans fewer than job_blocks blocks and is never cut into chunks. Alone, every
+// sequence's partial last block costs about a whole one (512 sequences of 23-232
+// tokens: 1289 blocks per head where their tokens fill 1024); a job pays that once.
+__host__ __device__ __forceinline__ bool joins_previous_job(int job_blocks, int prev_start, int start, int next_start) {
+    if (job_blocks == 0) return false;
+    const int64_t half = int64_t(job_blocks) * kSweepBlockN / 2;
+    return start - prev_start <= half && next_start - start <= half && prev_start / half == start / half;
+}
+
+// The job whose first sequence is n, as chunk c.
 __host__ __device__ __forceinline__ SequenceChunk sequence_chunk(const LinearAttnParams& p, const ChunkPlan& plan, int n,
                                                         int c) {
     SequenceChunk out;
@@ -61,11 +77,14 @@ __host__ __device__ __forceinline__ SequenceChunk sequence_chunk(const LinearAtt
         out.batch = n;
         out.first_token = 0;
         out.length = p.seqlen;
+        out.row_starts = -1;
     } else {
+        const int end_seq = plan.job_end[n];
         out.num_chunks = int(plan.chunk_start[n + 1] - plan.chunk_start[n]);
         out.batch = 0;
         out.first_token = plan.seq_start[n];
-        out.length = plan.seq_start[n + 1] - plan.seq_start[n];
+        out.length = plan.seq_start[end_seq] - plan.seq_start[n];
+        out.row_starts = end_seq > n + 1 ? plan.relay_start[n] : -1;
     }
     return out;
 }
@@ -219,6 +238,8 @@ struct RelaySegment {
             seq = int(y / seq_cost);
             into_seq = y % seq_cost;
         } else {
+            // A job's later sequences cost nothing on the line: their relay_start is the
+            // next job's, so the search lands on a job's first sequence.
             seq = last_at_or_before(p.num_seqs, y, [&](int m) { return plan.relay_start[m]; });
             into_seq = y - plan.relay_start[seq];
         }
@@ -228,12 +249,14 @@ struct RelaySegment {
     }
 
     // On to the job after the one ending at `position`: the next chunk of the
-    // sequence (which has num_chunks), sequence, head, or problem (one with jobs).
+    // job (which has num_chunks), job, head, or problem (one with jobs).
     __host__ __device__ __forceinline__ void advance(const LinearAttnBatch& batch, int num_chunks) {
         job_start = position;
         if (++chunk < num_chunks) return;
         chunk = 0;
-        if (++seq < batch.problems[problem].num_seqs) return;
+        const LinearAttnParams& p = batch.problems[problem];
+        seq = p.cu_seqlens == nullptr ? seq + 1 : batch.chunks[problem].job_end[seq];
+        if (seq < p.num_seqs) return;
         seq = 0;
         if (++head < batch.problems[problem].heads) return;
         head = 0;

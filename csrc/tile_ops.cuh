@@ -72,6 +72,10 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool z
         "}\n" ::"r"(smem_address(smem)),
         "l"(gmem), "r"(int(zero_fill)));
 }
+// Copies 8 bytes (8-byte aligned).
+__device__ __forceinline__ void cp_async_8(void* smem, const void* gmem) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_address(smem)), "l"(gmem));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {

@@ -1,7 +1,9 @@
 """Two builds of lightning_attn2_cuda side by side (dev/probe_calls.py in subprocesses):
 the differences of their outputs and gradients on the same calls, then their times in
-alternating rounds. Usage: compare_builds.py ROOT_A ROOT_B OUTDIR [ROUNDS]"""
+alternating rounds. Usage: compare_builds.py ROOT_A ROOT_B OUTDIR [ROUNDS]; PROBE_CALLS
+(names joined by ";") limits the calls."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,8 @@ probe = [sys.executable, __file__.replace("compare_builds.py", "probe_calls.py")
 
 
 def run(root, *extra):
-    result = subprocess.run(probe + ["--root", root, *extra], capture_output=True, text=True)
+    calls = ["--calls", os.environ["PROBE_CALLS"]] if os.environ.get("PROBE_CALLS") else []
+    result = subprocess.run(probe + ["--root", root, *calls, *extra], capture_output=True, text=True)
     if result.returncode != 0:
         print(result.stderr[-3000:])
         raise SystemExit(f"probe failed for {root}")

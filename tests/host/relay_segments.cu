@@ -1,7 +1,7 @@
 // Host check of the output pass's work mapping (RelaySegment in csrc/sequences.cuh):
 // over random launches of dense and packed problems, with the tables the preparing pass
 // would write, the segments' pieces sweep every block of every (problem, head,
-// sequence, chunk) exactly once, each job of no blocks once, and every chunk cut by a
+// job, chunk) exactly once (a job: a sequence, or a run of short sequences), each job of no blocks once, and every chunk cut by a
 // segment boundary is handed from the head piece at the start of segment s + 1 to the
 // tail piece that ends segment s, block to block. Built and run by
 // tests/test_host_mapping.py; prints "ok" and the counts, or the first failure.
@@ -40,13 +40,15 @@ void make_plan(Problem& x, LinearAttnParams& p, ChunkPlan& plan) {
         plan.chunks_per_seq = chunks_of(blocks_of(p.seqlen), plan.chunk_blocks);
         return;
     }
+    // Short sequences sharing jobs no longer than a chunk, as plan_with_tiles sets them.
+    plan.job_blocks = rng() % 2 ? uniform(1, plan.chunk_blocks) : 0;
     x.tables.attach(x.lengths, p, plan);
 }
 
 }  // namespace
 
 int main() {
-    long launches = 0, pieces = 0, handoffs = 0;
+    long launches = 0, pieces = 0, handoffs = 0, jobs_of_several = 0;
     for (int trial = 0; trial < 20000; ++trial) {
         LinearAttnBatch batch{};
         batch.num_problems = uniform(1, kMaxProblems);
@@ -83,9 +85,17 @@ int main() {
             const LinearAttnParams& p = batch.problems[i];
             const ChunkPlan& plan = batch.chunks[i];
             for (int h = 0; h < p.heads; ++h)
-                for (int n = 0; n < p.num_seqs; ++n) {
+                for (int n = 0; n < p.num_seqs; n = p.cu_seqlens == nullptr ? n + 1 : plan.job_end[n]) {
                     const SequenceChunk first = sequence_chunk(p, plan, n, 0);
                     const int blocks = blocks_of(first.length);
+                    if (first.row_starts >= 0) {
+                        ++jobs_of_several;
+                        if (first.num_chunks != 1 || blocks > plan.job_blocks) {
+                            printf("FAIL trial %d: a job of several sequences has %d chunks, %d blocks (at most %d)\n",
+                                   trial, first.num_chunks, blocks, plan.job_blocks);
+                            return 1;
+                        }
+                    }
                     for (int c = 0; c < first.num_chunks; ++c) {
                         std::vector<int> expected;
                         const int begin = c * plan.chunk_blocks, end = std::min(blocks, begin + plan.chunk_blocks);
@@ -143,10 +153,11 @@ int main() {
         }
         ++launches;
     }
-    if (pieces == 0 || handoffs == 0) {
-        printf("FAIL: no pieces or no hand-offs checked\n");
+    if (pieces == 0 || handoffs == 0 || jobs_of_several == 0) {
+        printf("FAIL: no pieces, hand-offs or jobs of several sequences checked\n");
         return 1;
     }
-    printf("ok: %ld launches, %ld pieces, %ld hand-offs\n", launches, pieces, handoffs);
+    printf("ok: %ld launches, %ld pieces, %ld hand-offs, %ld jobs of several sequences\n", launches, pieces, handoffs,
+           jobs_of_several);
     return 0;
 }
