@@ -66,7 +66,8 @@ __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
     const V inclusive = warp_inclusive_scan(x, lane, kOrder);
     if (lane == 31) warp_totals[warp] = inclusive;
     __syncthreads();
-    if (threadIdx.x < 32) warp_totals[threadIdx.x] = warp_inclusive_scan(warp_totals[threadIdx.x], threadIdx.x, std::false_type{});
+    if (threadIdx.x < 32)
+        warp_totals[threadIdx.x] = warp_inclusive_scan(warp_totals[threadIdx.x], threadIdx.x, std::false_type{});
     __syncthreads();
     const V before_lane = earlier(inclusive, 1, kOrder);
     const V exclusive = op(warp > 0 ? warp_totals[warp - 1] : zero, lane > 0 ? before_lane : zero);
@@ -179,8 +180,8 @@ __global__ void __launch_bounds__(kPackThreads)
         const int job_first_token = plan.seq_start[first], job_end_token = plan.seq_start[end_seq];
         const int row = p.reversed ? job_end_token - next : start - job_first_token;
         if (row > 0 && row < job_end_token - job_first_token) {
-            atomicOr(reinterpret_cast<unsigned long long*>(plan.row_starts) + plan.relay_start[first] + row / kSweepBlockN,
-                     1ull << (row % kSweepBlockN));
+            auto* word = reinterpret_cast<unsigned long long*>(plan.row_starts) + plan.relay_start[first];
+            atomicOr(word + row / kSweepBlockN, 1ull << (row % kSweepBlockN));
         }
     });
 }

@@ -174,9 +174,8 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
         // them. A job is no longer than a relay segment would be were every job whole
         // blocks (about its length: a longer one would stretch every segment).
         const bool stateless = p.initial_state.ptr == nullptr && p.final_state.ptr == nullptr && !p.decay_derivative;
-        plan.job_blocks =
-            stateless ? int(std::min<int64_t>(plan.chunk_blocks, std::max<int64_t>(1, seq_blocks * per_chunk_row / slots)))
-                      : 0;
+        const int64_t segment_blocks = std::max<int64_t>(1, seq_blocks * per_chunk_row / slots);
+        plan.job_blocks = stateless ? int(std::min<int64_t>(plan.chunk_blocks, segment_blocks)) : 0;
         // A known longest sequence that fits one chunk: cut none (seq_blocks + 1 blocks),
         // so this problem needs no state or prefix pass (they are not launched unless
         // another problem of its launch group is cut).

@@ -421,7 +421,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             if (starts != 0) {
                 int first_key[2];
 #pragma unroll
-                for (int half = 0; half < 2; ++half) first_key[half] = last_start_at_or_before(starts, row0 + g + 8 * half);
+                for (int half = 0; half < 2; ++half)
+                    first_key[half] = last_start_at_or_before(starts, row0 + g + 8 * half);
 #pragma unroll
                 for (int j = 0; j < kScoreTiles; ++j) {
 #pragma unroll
