@@ -45,23 +45,20 @@ struct KernelTraits {
 
     // bf16 scales the state update's keys by their decay on the tensor cores
     // (DiagonalKScale), from a table of B fragments per state and kind of block: whole,
-    // and the sequence's partial last block or a block of a job of several sequences
-    // (the output pass only; the state pass has whole blocks only). 16 bytes per k-step
-    // and lane.
+    // and the partial last block of a sequence or job of several sequences (the output
+    // pass only; the state pass has whole blocks only). 16 bytes per k-step and lane.
     static constexpr bool kKeyDecayOnTensorCores = std::is_same_v<T, __nv_bfloat16>;
     static constexpr size_t kKeyDecayTableBytes = kKeyDecayOnTensorCores ? size_t(kBlockN / 16) * 32 * 16 : 0;
 
     // Shared memory: kStages x (Q, K, V tiles), the state(s) in T for the tensor
     // cores, the key decay tables, the decay powers lambda^0 .. lambda^kBlockN and the
-    // mask table(s) by distance (MaskedDecay); without DiagonalKScale, one more mask
-    // table for the key decay of a block of a job of several sequences. The bf16 D 64 x 32
+    // mask table(s) by distance (MaskedDecay). The bf16 D 64 x 32
     // output pass's four CTAs per SM take 233,360 of the SM's 233,472 bytes (each
     // 57,092 + 224 static + 1,024 reserved): any more shared memory there drops it to three.
     static constexpr size_t kQKTileElems = size_t(kBlockN) * kLdQK;
     static constexpr size_t kVTileElems = size_t(kBlockN) * kLdV;
     static constexpr size_t kStateElems = size_t(kHeadDimQK) * kLdV;
-    static constexpr int kMaskTables = kStates + (kKeyDecayOnTensorCores ? 0 : 1);
-    static constexpr size_t kTableBytes = (kBlockN + 1 + kMaskTables * 2 * kBlockN) * sizeof(float);
+    static constexpr size_t kTableBytes = (kBlockN + 1 + kStates * 2 * kBlockN) * sizeof(float);
     static constexpr size_t kSmemBytes =
         (kStages * (2 * kQKTileElems + kVTileElems) + kStates * kStateElems) * sizeof(T) +
         kStates * 2 * kKeyDecayTableBytes + kTableBytes;

@@ -33,14 +33,16 @@ struct MaskedDecay {
 };
 
 // Weight of key s in the state update of a block holding `valid` tokens: the masked
-// decay from token s to the end of the block (zero past the valid tokens).
+// decay from token s to the end of the block (zero past the valid tokens), and zero
+// before first_key (a sequence of a job that starts there does not see them).
 template <int kBlockN>
 struct KeyDecay {
     static constexpr bool kEnabled = true;
     static constexpr bool kDiagonal = false;
     MaskedDecay<kBlockN> mask;
     int valid;
-    __device__ __forceinline__ float operator()(int s) const { return mask(valid - 1 - s); }
+    int first_key;
+    __device__ __forceinline__ float operator()(int s) const { return s >= first_key ? mask(valid - 1 - s) : 0.f; }
 };
 
 // In a block of a job of several sequences, the row of the last sequence start at or
@@ -210,11 +212,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     };
     float* decay_pow = reinterpret_cast<float*>(key_decay_fragments +
                                                 Traits::kStates * kKeyDecayTables * kKeyDecayFragments);  // [kBlockN + 1]
-    float* masked_decay = decay_pow + kBlockN + 1;  // [kMaskTables][2 * kBlockN], see MaskedDecay
+    float* masked_decay = decay_pow + kBlockN + 1;  // [kStates][2 * kBlockN], see MaskedDecay
     const MaskedDecay<kBlockN> mask{masked_decay};
     const MaskedDecay<kBlockN> mask_derivative{masked_decay + 2 * kBlockN};
-    // Without DiagonalKScale: the key decay of the block in hand, in a job of several sequences.
-    float* block_masked_decay = masked_decay + Traits::kStates * 2 * kBlockN;
 
     while (in_hand.valid) {
         const SweepPiece& piece = in_hand.piece;
@@ -276,29 +276,14 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             }
             if constexpr (Traits::kKeyDecayOnTensorCores) write_key_decay_fragments(false, kBlockN);
         }
-        // The sequence's last block, when partial and in this piece (never in the state
-        // pass, whose chunks are not last). A job of several sequences writes it per block
-        // (write_block_key_decay).
-        const bool job_of_several = work.row_starts >= 0;
+        // The last block of the sequence (or job of several sequences), when partial and
+        // in this piece (never in the state pass, whose chunks are not last).
         if constexpr (Traits::kKeyDecayOnTensorCores && !state_pass) {
             const int last_block_tokens = work.length - (blocks_of(work.length) - 1) * kBlockN;
-            if (!job_of_several && end_block == blocks_of(work.length) && last_block_tokens < kBlockN)
+            if (end_block == blocks_of(work.length) && last_block_tokens < kBlockN)
                 write_key_decay_fragments(true, last_block_tokens);
         }
-        // In a job of several sequences, the key decay of a block of `valid` tokens where
-        // the last sequence start is at row first_key: keys before it weigh nothing (the
-        // sequence that starts there does not see them).
-        auto write_block_key_decay = [&](int valid, int first_key) {
-            if constexpr (Traits::kKeyDecayOnTensorCores) {
-                for (int i = threadIdx.x; i < kKeyDecayFragments; i += kThreads) {
-                    key_decay_table(0, true)[i] = diagonal_scale_fragments(
-                        i / 32, i % 32, [&](int key) { return key >= first_key ? mask(valid - 1 - key) : 0.f; });
-                }
-            } else {
-                for (int i = threadIdx.x; i < 2 * kBlockN; i += kThreads)
-                    block_masked_decay[i] = i - (kBlockN - 1) <= valid - 1 - first_key ? masked_decay[i] : 0.f;
-            }
-        };
+        const bool job_of_several = work.row_starts >= 0;
 
         // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
         // and a copy rounded to T in shared memory as the operand of Q_i KV.
@@ -501,23 +486,21 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // KV = lambda^(valid-shift) KV + kv_scale (lambda^(valid-1-s) K_i)^T V_i; for the
         // derivative sweep first KV' = lambda^valid (KV' + valid KV)
         //                             + kv_scale ((valid-1-s) lambda^(valid-1-s) K_i)^T V_i.
-        // Where a sequence of a job starts in the block (starts), KV restarts from it:
-        // its keys alone, by write_block_key_decay's table.
+        // Where a sequence of a job starts in the block (starts), KV restarts from the
+        // last start: block decay 0, and the keys before it weigh 0 (first_key).
         // The products take the block's keys Traits::kStateUpdateKSteps k-steps at a time;
         // KV decays just before its first product, once KV' has read it undecayed.
         auto update_state = [&](const T* sKb, const T* sVb, int valid, int shift, uint64_t starts) {
             constexpr int kKSteps = Traits::kStateUpdateKSteps;
             const float block_decay = starts != 0 ? 0.f : decay_pow[valid - shift];
+            const int first_key = max(0, last_start_at_or_before(starts, kBlockN - 1));
             // The weights of keys [key0, key0 + 16 kKSteps) of state `state`'s product.
             auto key_decay = [&](int state, int key0) {
                 if constexpr (Traits::kKeyDecayOnTensorCores) {
-                    return DiagonalKScale{key_decay_table(state, !state_pass && (valid < kBlockN || starts != 0)) +
-                                          32 * (key0 / 16)};
+                    return DiagonalKScale{key_decay_table(state, !state_pass && valid < kBlockN) + 32 * (key0 / 16),
+                                          first_key - key0};
                 } else {
-                    return KeyDecay<kBlockN>{starts != 0       ? MaskedDecay<kBlockN>{block_masked_decay}
-                                             : state == 0 ? mask
-                                                          : mask_derivative,
-                                             valid - key0};
+                    return KeyDecay<kBlockN>{state == 0 ? mask : mask_derivative, valid - key0, first_key - key0};
                 }
             };
             if constexpr (kDerivative) {
@@ -563,17 +546,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             // state an undecayed start applies to.
             const int shift = block == 0 ? initial_shift : 0;
             const uint64_t starts = !state_pass && job_of_several ? block_row_starts[stage] : 0;
-            // The block's own key decay table, read by every warp's state update: written
-            // here, behind the barrier before the update.
-            const bool block_key_decay =
-                starts != 0 || (Traits::kKeyDecayOnTensorCores && job_of_several && valid < kBlockN);
             if constexpr (!state_pass) {
-                if (block_key_decay) write_block_key_decay(valid, max(0, last_start_at_or_before(starts, kBlockN - 1)));
                 float acc_o[1][kVTiles][4] = {};
                 block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift,
                              block == 0 && enters_from_zero, starts, acc_o);
                 store_output(block, valid, acc_o);
-                if (block_key_decay) __syncthreads();
             }
             update_state(sKb, sVb, valid, shift, starts);
 

@@ -218,6 +218,18 @@ struct DiagonalKScale {
     // Per k-step and lane, the four products' B fragments {hi of columns 0-7, lo of
     // 0-7, hi of 8-15, lo of 8-15}: see diagonal_scale_fragments.
     const uint4* fragments;
+    // Columns before it weigh 0, whatever the table says.
+    int first_column;
+    // Lane `lane`'s fragments of k-step k_step. The lane holds column 16 k_step + g of
+    // the eight in its first pair and that + 8 in its second (or zeros: lanes with
+    // g / 2 != t), so zeroing the columns before first_column takes two selects per pair.
+    __device__ __forceinline__ uint4 operator()(int k_step, int lane) const {
+        uint4 w = fragments[32 * k_step + lane];
+        const int column = 16 * k_step + lane / 4;
+        if (column < first_column) w.x = w.y = 0;
+        if (column + 8 < first_column) w.z = w.w = 0;
+        return w;
+    }
 };
 
 // Lane `lane`'s entry of DiagonalKScale::fragments for k-step k_step, with w the weight
@@ -309,7 +321,7 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* a, i
                 }
             }
             if constexpr (KScale::kDiagonal) {
-                const uint4 w = k_scale.fragments[32 * ks + lane];
+                const uint4 w = k_scale(ks, lane);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) scale_columns_on_tensor_cores(af[mt], w);
             } else if constexpr (KScale::kEnabled) {
