@@ -48,8 +48,8 @@ struct ChunkPlan {
 };
 
 // The output pass is a relay of persistent CTAs. Its jobs, every (problem, head,
-// sequence or run of sequences, chunk) of the launch in that order, lie end to end on a line where a
-// chunk of b blocks costs max(1, b). The line is cut into `segments` equal
+// sequence or run of sequences, chunk) of the launch in that order, lie end to end on
+// a line where a chunk of b blocks costs max(1, b). The line is cut into `segments` equal
 // segments, at least as long as the longest chunk, and each segment is swept by
 // one CTA per v slice, front to back: the order of McNaughton's wrap-around rule,
 // so every segment ends at about the same time, whatever the sequence lengths.

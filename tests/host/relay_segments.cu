@@ -1,10 +1,11 @@
 // Host check of the output pass's work mapping (RelaySegment in csrc/sequences.cuh):
 // over random launches of dense and packed problems, with the tables the preparing pass
-// would write, the segments' pieces sweep every block of every (problem, head,
-// job, chunk) exactly once (a job: a sequence, or a run of short sequences), each job
-// of no blocks once, and every chunk cut by a segment boundary is handed from the head piece at the start of segment s + 1 to the
-// tail piece that ends segment s, block to block. Built and run by
-// tests/test_host_mapping.py; prints "ok" and the counts, or the first failure.
+// would write, the segments' pieces sweep every block of every (problem, head, job,
+// chunk) exactly once (a job: a sequence, or a run of short sequences), each job of no
+// blocks once, and every chunk cut by a segment boundary is handed from the head piece
+// at the start of segment s + 1 to the tail piece that ends segment s, block to block.
+// Built and run by tests/test_host_mapping.py; prints "ok" and the counts, or the
+// first failure.
 #include <cstdio>
 #include <map>
 #include <random>
