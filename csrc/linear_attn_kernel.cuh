@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernel_traits.h"
 #include "launch.h"
@@ -89,8 +90,8 @@ __device__ __forceinline__ void locate_tokens(const LinearAttnBatch& batch, int 
 }
 
 // Block `block` of a located piece into shared memory: its q (when with_q), k and v
-// tiles, zero past the job's end and past the head dims, and, in a job of several
-// sequences, its sequence starts (ChunkPlan::row_starts) into *row_starts when given;
+// tiles, zero past the job's end and past the head dims, and its sequence starts
+// (ChunkPlan::row_starts) into *row_starts when given (a job of several sequences);
 // one cp.async group.
 template <class Traits, typename T = typename Traits::Element>
 __device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, const LocatedPiece& x, int block,
@@ -110,7 +111,7 @@ __device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, c
                                                              x.vectorized);
     load_tile<kBlockN, Traits::kTileV, Traits::kThreads>(sV, Traits::kLdV, src(p.v, 2), x.step[2], valid,
                                                          min(Traits::kTileV, p.dim_v - v_col0), x.vectorized);
-    if (row_starts != nullptr && x.piece.work.row_starts >= 0 && threadIdx.x == 0)
+    if (row_starts != nullptr && threadIdx.x == 0)
         cp_async_8(row_starts, batch.chunks[x.piece.problem].row_starts + x.piece.work.row_starts + block);
     cp_async_commit();
 }
@@ -229,21 +230,23 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         const int end_block = piece.end_block;
         const int v_cols = min(kTileV, p.dim_v - v_col0);
 
-        // Block `block` of the piece into load stage `stage` (one cp.async group).
-        auto load_block = [&](int block, int stage) {
+        const bool job_of_several = !state_pass && !kDerivative && work.row_starts >= 0;
+        // Block `block` of the piece into load stage `stage` (one cp.async group), with
+        // its sequence starts when in a job of several sequences (with_starts).
+        auto load_block = [&](int block, int stage, bool with_starts) {
             load_block_tiles<Traits>(batch, in_hand, block, v_col0, !state_pass, sQ + stage * Traits::kQKTileElems,
                                      sK + stage * Traits::kQKTileElems, sV + stage * Traits::kVTileElems,
-                                     state_pass ? nullptr : block_row_starts + stage);
+                                     with_starts ? block_row_starts + stage : nullptr);
         };
         // The first blocks load while the decay tables and the state are set up: one for
         // kStages 1, else kStages - 1 (a group each, empty past the piece, so that the
         // loop's waits count alike).
         if constexpr (kStages == 1) {
-            if (first_block < end_block) load_block(first_block, 0);
+            if (first_block < end_block) load_block(first_block, 0, job_of_several);
         } else {
 #pragma unroll
             for (int ahead = 0; ahead < kStages - 1; ++ahead) {
-                if (first_block + ahead < end_block) load_block(first_block + ahead, ahead);
+                if (first_block + ahead < end_block) load_block(first_block + ahead, ahead, job_of_several);
                 else cp_async_commit();
             }
         }
@@ -283,7 +286,6 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             if (end_block == blocks_of(work.length) && last_block_tokens < kBlockN)
                 write_key_decay_fragments(true, last_block_tokens);
         }
-        const bool job_of_several = work.row_starts >= 0;
 
         // ---- the state KV (kHeadDimQK x kTileV): fp32 registers for the recurrence,
         // and a copy rounded to T in shared memory as the operand of Q_i KV.
@@ -524,42 +526,50 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         };
 
         // ---- the sweep over this piece's blocks, kStages - 1 blocks loading ahead (none for
-        // fp32's output pass, which loads the next block after this one's barrier)
-        for (int block = first_block; block < end_block; ++block) {
-            const int stage = (block - first_block) % kStages;
-            if constexpr (kStages > 1) {
-                // Into the stage the previous block used, free since its trailing barrier
-                // (at a piece's first block, the last stage, which the prologue left unused).
-                const int ahead = block + kStages - 1;
-                if (ahead < end_block) load_block(ahead, (ahead - first_block) % kStages);
-                else cp_async_commit();
-                cp_async_wait<kStages - 1>();
-            } else {
-                cp_async_wait<0>();
-            }
-            __syncthreads();  // the block's tiles and the previous state copy are in shared memory
+        // fp32's output pass, which loads the next block after this one's barrier). Compiled
+        // twice: for a job of several sequences (kJobs), and for one sequence, where the
+        // starts are 0 and their masks, selects and clz fold away (they were ~100 of a
+        // warp's ~1,130 instructions per block at bf16 D 128 x 64: perf.md v18).
+        auto sweep_blocks = [&](auto jobs) {
+            constexpr bool kJobs = decltype(jobs)::value;
+            for (int block = first_block; block < end_block; ++block) {
+                const int stage = (block - first_block) % kStages;
+                if constexpr (kStages > 1) {
+                    // Into the stage the previous block used, free since its trailing barrier
+                    // (at a piece's first block, the last stage, which the prologue left unused).
+                    const int ahead = block + kStages - 1;
+                    if (ahead < end_block) load_block(ahead, (ahead - first_block) % kStages, kJobs);
+                    else cp_async_commit();
+                    cp_async_wait<kStages - 1>();
+                } else {
+                    cp_async_wait<0>();
+                }
+                __syncthreads();  // the block's tiles and the previous state copy are in shared memory
 
-            const T* sKb = sK + stage * Traits::kQKTileElems;
-            const T* sVb = sV + stage * Traits::kVTileElems;
-            const int valid = min(kBlockN, work.length - block * kBlockN);
-            // The sequence's first block starts from the initial state alone, the only
-            // state an undecayed start applies to.
-            const int shift = block == 0 ? initial_shift : 0;
-            const uint64_t starts = !state_pass && job_of_several ? block_row_starts[stage] : 0;
-            if constexpr (!state_pass) {
-                float acc_o[1][kVTiles][4] = {};
-                block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift,
-                             block == 0 && enters_from_zero, starts, acc_o);
-                store_output(block, valid, acc_o);
-            }
-            update_state(sKb, sVb, valid, shift, starts);
+                const T* sKb = sK + stage * Traits::kQKTileElems;
+                const T* sVb = sV + stage * Traits::kVTileElems;
+                const int valid = min(kBlockN, work.length - block * kBlockN);
+                // The sequence's first block starts from the initial state alone, the only
+                // state an undecayed start applies to.
+                const int shift = block == 0 ? initial_shift : 0;
+                const uint64_t starts = kJobs ? block_row_starts[stage] : 0;
+                if constexpr (!state_pass) {
+                    float acc_o[1][kVTiles][4] = {};
+                    block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift,
+                                 block == 0 && enters_from_zero, starts, acc_o);
+                    store_output(block, valid, acc_o);
+                }
+                update_state(sKb, sVb, valid, shift, starts);
 
-            __syncthreads();  // everyone is done with this stage and the old state copy
-            if constexpr (!state_pass) copy_state_to_smem();
-            if constexpr (kStages == 1) {
-                if (block + 1 < end_block) load_block(block + 1, 0);
+                __syncthreads();  // everyone is done with this stage and the old state copy
+                if constexpr (!state_pass) copy_state_to_smem();
+                if constexpr (kStages == 1) {
+                    if (block + 1 < end_block) load_block(block + 1, 0, kJobs);
+                }
             }
-        }
+        };
+        if (job_of_several) sweep_blocks(std::true_type{});
+        else sweep_blocks(std::false_type{});
 
         // ---- what leaves the piece besides o: the chunk's own state (state pass), the
         // state for the chunk's next piece (relay), or the sequence's final state
