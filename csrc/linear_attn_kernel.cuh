@@ -118,8 +118,11 @@ __device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, c
 
 // One kernel per pass: the state pass compiles without the output's code and
 // registers and keeps more blocks in flight (Traits::kStateStages); the output pass,
-// without the state pass's branches, ran 3-6% faster (perf.md v12).
-template <class Traits, SweepPass kPass>
+// without the state pass's branches, ran 3-6% faster (perf.md v12). The output pass
+// has a second kernel for launches with jobs of several sequences (kJobs, see
+// ChunkPlan::job_blocks), so that every other launch runs a loop without their code
+// (perf.md v19).
+template <class Traits, SweepPass kPass, bool kJobs>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     linear_attn_sweep_kernel(const __grid_constant__ LinearAttnBatch batch, int heads, int v_tiles_per_head) {
     using T = typename Traits::Element;
@@ -129,6 +132,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     constexpr bool state_pass = kPass == SweepPass::kState;
     // The derivative sweep is never cut into chunks (plan_with_tiles): no state pass.
     static_assert(!(state_pass && Traits::kDecayDerivative), "the derivative sweep has no state pass");
+    // Jobs of several sequences are for the output pass of calls without states.
+    static_assert(!(kJobs && (state_pass || Traits::kDecayDerivative)), "jobs are output-pass only");
     // Load stages: blocks in flight, kStages - 1 of them ahead of the one in use.
     constexpr int kStages = state_pass ? Traits::kStateStages : Traits::kStages;
     constexpr int kLdQK = Traits::kLdQK;
@@ -157,7 +162,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     __shared__ int tables_problem, tables_head;
     // Per load stage, the sequence starts of its block in a job of several sequences
     // (output pass only).
-    __shared__ uint64_t block_row_starts[state_pass ? 1 : kStages];
+    __shared__ uint64_t block_row_starts[kJobs ? kStages : 1];
     // Thread 0: the segment's next piece into `out` (out.valid false at its end).
     auto take_next_piece = [&](LocatedPiece& out) {
         bool found;
@@ -230,7 +235,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         const int end_block = piece.end_block;
         const int v_cols = min(kTileV, p.dim_v - v_col0);
 
-        const bool job_of_several = !state_pass && !kDerivative && work.row_starts >= 0;
+        const bool job_of_several = kJobs && work.row_starts >= 0;
         // Block `block` of the piece into load stage `stage` (one cp.async group), with
         // its sequence starts when in a job of several sequences (with_starts).
         auto load_block = [&](int block, int stage, bool with_starts) {
@@ -526,19 +531,20 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         };
 
         // ---- the sweep over this piece's blocks, kStages - 1 blocks loading ahead (none for
-        // fp32's output pass, which loads the next block after this one's barrier). Compiled
-        // twice: for a job of several sequences (kJobs), and for one sequence, where the
-        // starts are 0 and their masks, selects and clz fold away (they were ~100 of a
-        // warp's ~1,130 instructions per block at bf16 D 128 x 64: perf.md v18).
-        auto sweep_blocks = [&](auto jobs) {
-            constexpr bool kJobs = decltype(jobs)::value;
+        // fp32's output pass, which loads the next block after this one's barrier). The
+        // kJobs kernel compiles it twice: for a job of several sequences (with_starts), and
+        // for one sequence, where the starts are 0 and their masks, selects and clz fold
+        // away (they were ~100 of a warp's ~1,130 instructions per block at bf16 D 128 x 64:
+        // perf.md v17).
+        auto sweep_blocks = [&](auto job) {
+            constexpr bool with_starts = decltype(job)::value;
             for (int block = first_block; block < end_block; ++block) {
                 const int stage = (block - first_block) % kStages;
                 if constexpr (kStages > 1) {
                     // Into the stage the previous block used, free since its trailing barrier
                     // (at a piece's first block, the last stage, which the prologue left unused).
                     const int ahead = block + kStages - 1;
-                    if (ahead < end_block) load_block(ahead, (ahead - first_block) % kStages, kJobs);
+                    if (ahead < end_block) load_block(ahead, (ahead - first_block) % kStages, with_starts);
                     else cp_async_commit();
                     cp_async_wait<kStages - 1>();
                 } else {
@@ -552,7 +558,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                 // The sequence's first block starts from the initial state alone, the only
                 // state an undecayed start applies to.
                 const int shift = block == 0 ? initial_shift : 0;
-                const uint64_t starts = kJobs ? block_row_starts[stage] : 0;
+                const uint64_t starts = with_starts ? block_row_starts[stage] : 0;
                 if constexpr (!state_pass) {
                     float acc_o[1][kVTiles][4] = {};
                     block_output(sQ + stage * Traits::kQKTileElems + row0 * kLdQK, sKb, sVb, shift,
@@ -564,7 +570,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
                 __syncthreads();  // everyone is done with this stage and the old state copy
                 if constexpr (!state_pass) copy_state_to_smem();
                 if constexpr (kStages == 1) {
-                    if (block + 1 < end_block) load_block(block + 1, 0, kJobs);
+                    if (block + 1 < end_block) load_block(block + 1, 0, with_starts);
                 }
             }
         };
@@ -607,15 +613,16 @@ template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
 cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pass, cudaStream_t stream) {
     using Traits = KernelTraits<T, kHeadDimQK, kTileV, kDecayDerivative>;
     const bool state_pass = pass == SweepPass::kState;
-    auto kernel = linear_attn_sweep_kernel<Traits, SweepPass::kOutput>;
+    auto kernel = linear_attn_sweep_kernel<Traits, SweepPass::kOutput, false>;
     size_t smem_bytes = Traits::kSmemBytes;
-    if (state_pass) {
-        if constexpr (kDecayDerivative) {
-            return cudaErrorInvalidValue;  // never cut into chunks (plan_with_tiles)
-        } else {
-            kernel = linear_attn_sweep_kernel<Traits, SweepPass::kState>;
-            smem_bytes = Traits::kStatePassSmemBytes;
-        }
+    if constexpr (kDecayDerivative) {
+        if (state_pass) return cudaErrorInvalidValue;  // never cut into chunks (plan_with_tiles)
+    } else if (state_pass) {
+        kernel = linear_attn_sweep_kernel<Traits, SweepPass::kState, false>;
+        smem_bytes = Traits::kStatePassSmemBytes;
+    } else if (std::any_of(batch.chunks, batch.chunks + batch.num_problems,
+                           [](const ChunkPlan& plan) { return plan.job_blocks > 0; })) {
+        kernel = linear_attn_sweep_kernel<Traits, SweepPass::kOutput, true>;
     }
     int heads = 0, v_tiles_per_head = 0;
     int64_t state_chunks = 0;
@@ -637,17 +644,24 @@ cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pas
     return cudaGetLastError();
 }
 
+// The output pass's CTAs per SM: the fewer of its two kernels' (the kJobs one may take
+// more registers, e.g. fp32 D 32: 134 against 127, three CTAs against four), so that a
+// plan holds for either.
 template <typename T, int kHeadDimQK, int kTileV, bool kDecayDerivative>
 int linear_attn_sweep_ctas_per_sm() {
     using Traits = KernelTraits<T, kHeadDimQK, kTileV, kDecayDerivative>;
-    auto kernel = linear_attn_sweep_kernel<Traits, SweepPass::kOutput>;
-    int ctas = 0;
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytes)) !=
-            cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, Traits::kThreads, Traits::kSmemBytes) !=
-            cudaSuccess)
-        return 0;
-    return ctas;
+    auto ctas_of = [](auto kernel) {
+        int ctas = 0;
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Traits::kSmemBytes)) !=
+                cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, Traits::kThreads, Traits::kSmemBytes) !=
+                cudaSuccess)
+            return 0;
+        return ctas;
+    };
+    const int ctas = ctas_of(linear_attn_sweep_kernel<Traits, SweepPass::kOutput, false>);
+    if constexpr (kDecayDerivative) return ctas;
+    else return std::min(ctas, ctas_of(linear_attn_sweep_kernel<Traits, SweepPass::kOutput, true>));
 }
 
 }  // namespace lightning_attn2
