@@ -53,8 +53,9 @@ struct KernelTraits {
     // Shared memory: kStages x (Q, K, V tiles), the state(s) in T for the tensor
     // cores, the key decay tables, the decay powers lambda^0 .. lambda^kBlockN and the
     // mask table(s) by distance (MaskedDecay). The bf16 D 64 x 32 output pass's four
-    // CTAs per SM take 233,360 of the SM's 233,472 bytes (each 57,092 + 224 static +
-    // 1,024 reserved): any more shared memory there drops it to three.
+    // CTAs per SM take 233,360 of the SM's 233,472 bytes (each 57,092 + 224 static in the
+    // kJobs kernel, 208 in the other, + 1,024 reserved): any more shared memory there
+    // drops it to three.
     static constexpr size_t kQKTileElems = size_t(kBlockN) * kLdQK;
     static constexpr size_t kVTileElems = size_t(kBlockN) * kLdV;
     static constexpr size_t kStateElems = size_t(kHeadDimQK) * kLdV;
