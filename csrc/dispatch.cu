@@ -129,6 +129,17 @@ double sweep_estimate(int64_t jobs, int64_t blocks, int64_t chunks, int64_t slot
     return output + kStatePassCost * state;
 }
 
+// Jobs of several sequences save blocks only where a sequence's partial last block
+// shares a job with the next sequence's first: about half a block per joined sequence,
+// at most num_seqs of seq_blocks + num_seqs. But a launch with any job runs every
+// piece in the kJobs kernel, 1-2% slower than the other (v19). With bench.py's lengths
+// (v20) jobs save 0.8% of the blocks where sequences average 64 blocks (16 sequences,
+// a net loss), 2.6% at 16 (64 sequences, v18: level) and 20% at 2 (512 sequences,
+// v16-v19: 18% faster). So jobs only where the lengths average at most 16 blocks; the
+// lengths live on the device, their mean is known here.
+constexpr int kJobsMaxMeanBlocks = 16;
+bool jobs_pay_off(int64_t seq_blocks, int64_t num_seqs) { return seq_blocks <= kJobsMaxMeanBlocks * num_seqs; }
+
 // Sequences are cut into chunks only where the output pass alone would leave slots
 // idle: fewer jobs than slots. per_chunk_row: jobs per chunk row (problems x heads
 // x v slices; x batch for equal-length sequences).
@@ -171,11 +182,14 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
         // many sequences there are.
         plan.chunk_blocks = int(std::min(chunk_blocks, seq_blocks + 1));
         // Short sequences share jobs (joins_previous_job) unless a state enters or leaves
-        // them. A job is no longer than a relay segment would be were every job whole
-        // blocks (about its length: a longer one would stretch every segment).
+        // them, and only where sequences are short on average (jobs_pay_off). A job is
+        // no longer than a relay segment would be were every job whole blocks (about its
+        // length: a longer one would stretch every segment).
         const bool stateless = p.initial_state.ptr == nullptr && p.final_state.ptr == nullptr && !p.decay_derivative;
         const int64_t segment_blocks = std::max<int64_t>(1, seq_blocks * per_chunk_row / slots);
-        plan.job_blocks = stateless ? int(std::min<int64_t>(plan.chunk_blocks, segment_blocks)) : 0;
+        plan.job_blocks = stateless && jobs_pay_off(seq_blocks, p.num_seqs)
+                              ? int(std::min<int64_t>(plan.chunk_blocks, segment_blocks))
+                              : 0;
         // A known longest sequence that fits one chunk: cut none (seq_blocks + 1 blocks),
         // so this problem needs no state or prefix pass (they are not launched unless
         // another problem of its launch group is cut).
