@@ -133,10 +133,11 @@ double sweep_estimate(int64_t jobs, int64_t blocks, int64_t chunks, int64_t slot
 // shares a job with the next sequence's first: about half a block per joined sequence,
 // at most num_seqs of seq_blocks + num_seqs. But a launch with any job runs every
 // piece in the kJobs kernel, 1-2% slower than the other (v19). With bench.py's lengths
-// (v20) jobs save 0.8% of the blocks where sequences average 64 blocks (16 sequences:
-// without jobs 1.2% faster forward, 3.1% forward+backward, v20 on an H100), 2.6% at 16 (64 sequences, v18: level) and 20% at 2 (512 sequences,
-// v16-v19: 18% faster). So jobs only where the lengths average at most 16 blocks; the
-// lengths live on the device, their mean is known here.
+// jobs save 0.8% of the blocks where sequences average 64 blocks (16 sequences: 1.2%
+// faster forward and 3.1% forward+backward without them, v20 on an H100), 2.6% at 16
+// (64 sequences, v18: level) and 20% at 2 (512 sequences, v16-v19: 18% faster). So
+// jobs only where the lengths average at most 16 blocks; the lengths live on the
+// device, their mean is known here.
 constexpr int kJobsMaxMeanBlocks = 16;
 bool jobs_pay_off(int64_t seq_blocks, int64_t num_seqs) { return seq_blocks <= kJobsMaxMeanBlocks * num_seqs; }
 
