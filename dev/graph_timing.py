@@ -2,8 +2,10 @@
 bench.py's own varlen closures (16 and 64 sequences, BNHD, H 16, forward; packed without
 and with max_seqlen, equal-length) timed by do_bench (L2 flushed), by do_bench of one
 call's CUDA graph replayed, by 20 calls back to back (eager and as one graph; events / 20,
-no flush), and the host's microseconds per call. Run from the repository root with
-PYTHONPATH=$PWD."""
+no flush), and the host's microseconds per call; the calls' order turns each round, and
+the end prints each call's median over the rounds as a multiple of equal-length's. Run from
+the repository root: PYTHONPATH=$PWD python3 dev/graph_timing.py [rounds, default 2]."""
+import collections
 import statistics
 import sys
 import time
@@ -56,6 +58,9 @@ def host_us(fn, calls=200):
     return elapsed / calls * 1e6
 
 
+rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+modes = ("do_bench", "graph", f"eager x{BACK_TO_BACK}", f"graph x{BACK_TO_BACK}")
+times = collections.defaultdict(list)  # (seqs, call, mode) -> µs per round
 s = bench.alibi_slopes(bench.VARLEN_HEADS)
 for seqs in (16, 64):
     lengths = bench.varlen_lengths(seqs)
@@ -65,16 +70,27 @@ for seqs in (16, 64):
     calls = {"packed": (bench.load_ours(s, layout="BNHD", cu_seqlens=cu), packed),
              "packed_max": (bench.load_ours(s, layout="BNHD", cu_seqlens=cu, max_seqlen=max(lengths)), packed),
              "equal": (bench.load_ours(s, layout="BNHD"), equal)}
-    for round_ in range(2):
-        for name, (attn, qkv) in calls.items():
+    for round_ in range(rounds):
+        names = list(calls)
+        for name in names[round_ % 3:] + names[:round_ % 3]:
+            attn, qkv = calls[name]
+
             def fn():
                 return attn(*qkv)
             fn()
             one, many = captured(fn, 1), captured(fn, BACK_TO_BACK)
-            print(f"seqs {seqs} round {round_} {name:10s}"
-                  f" do_bench {do_bench(fn, return_mode='median') * 1e3:7.1f} us"
-                  f"  graph {do_bench(one.replay, return_mode='median') * 1e3:7.1f}"
-                  f"  eager x{BACK_TO_BACK} {back_to_back_us(lambda: [fn() for _ in range(BACK_TO_BACK)]):7.1f}"
-                  f"  graph x{BACK_TO_BACK} {back_to_back_us(many.replay):7.1f}"
-                  f"  host {host_us(fn):6.1f} us/call", flush=True)
+            row = (do_bench(fn, return_mode="median") * 1e3, do_bench(one.replay, return_mode="median") * 1e3,
+                   back_to_back_us(lambda: [fn() for _ in range(BACK_TO_BACK)]), back_to_back_us(many.replay))
+            for mode, us in zip(modes, row):
+                times[seqs, name, mode].append(us)
+            print(f"seqs {seqs} round {round_} {name:10s} "
+                  + "  ".join(f"{mode} {us:7.1f}" for mode, us in zip(modes, row))
+                  + f"  host {host_us(fn):6.1f} us/call", flush=True)
             del one, many
+
+print(f"\nmedian over {rounds} rounds, as a multiple of equal-length's time (> 1: slower)")
+for seqs in (16, 64):
+    for name in ("packed", "packed_max"):
+        print(f"seqs {seqs} {name:10s} " + "  ".join(
+            f"{mode} {statistics.median(times[seqs, name, mode]) / statistics.median(times[seqs, 'equal', mode]):.3f}"
+            for mode in modes))
