@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One GPU call: build, whole suite, full bench with both anchors, then graph_timing if time is left.
+set -o pipefail
+export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16
+{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv; git rev-parse HEAD; } > $OUT/gpu.txt
+cat $OUT/gpu.txt
+(time bash scripts/build.sh) > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }
+echo "built at ${SECONDS}s"
+OMP_NUM_THREADS=2 PYTHONPATH=$PWD timeout 170 python3 -m pytest tests -n 14 -v -p no:cacheprovider -rs --durations=30 > $OUT/pytest.log 2>&1
+echo "pytest rc $? at ${SECONDS}s"; tail -3 $OUT/pytest.log; grep -E '^(FAILED|ERROR)' $OUT/pytest.log | head
+timeout $((590 - SECONDS)) bash scripts/bench.sh --impls ours,official,fla_chunk > $OUT/bench.log 2>&1
+echo "bench rc $? at ${SECONDS}s"; tail -4 $OUT/bench.log
+find bench/results -newer $OUT/gpu.txt -type f -exec cp {} $OUT/ \;
+ls -la bench/results
+if ((SECONDS < 520)); then
+    PYTHONPATH=$PWD timeout $((590 - SECONDS)) python3 dev/graph_timing.py > $OUT/graph_timing.log 2>&1
+    echo "graph_timing rc $? at ${SECONDS}s"
+fi
