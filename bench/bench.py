@@ -408,7 +408,8 @@ def markdown_report(rows, impls, ctx):
     return "\n".join([
         f"# Lightning Attention-2 benchmark on {ctx['gpu']}",
         "",
-        f"bf16, D = E = {D}, ALiBi slopes; median ms of triton.testing.do_bench; torch {ctx['torch']}, "
+        f"bf16, D = E = {D}, ALiBi slopes; median ms of triton.testing.do_bench"
+        f"{' (--quick: warmup 5 ms, rep 20 ms)' if ctx['quick'] else ''}; torch {ctx['torch']}, "
         f"triton {ctx['triton']}. Copy bandwidth {ctx['copy_tbps']:.2f} TB/s (read + written); floor = "
         f"{FWD_TENSORS} (fwd) or {FWDBWD_TENSORS} (fwd+bwd) tensors at that bandwidth. "
         "Speed-up = anchor ms / ours ms; peak = extra memory of one fwd+bwd.",
@@ -455,13 +456,14 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     import triton
-    ctx = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
+    ctx = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "quick": args.quick}
     name = args.name or results_name(ctx["gpu"])
     ctx["copy_tbps"] = measure_copy_tbps(args.quick)
     print(f"{ctx['gpu']}: device-to-device copy {ctx['copy_tbps']:.2f} TB/s", flush=True)
 
     rows = [{"case": "copy", "impl": "copy", "bytes": 2 * COPY_BYTES, "copy_tbps": ctx["copy_tbps"],
-             "gpu": ctx["gpu"], "torch": ctx["torch"], "triton": ctx["triton"]}]
+             "gpu": ctx["gpu"], "torch": ctx["torch"], "triton": ctx["triton"], "quick": ctx["quick"]}]
     for case in CASES:
         rows += case(args, ctx)
 
