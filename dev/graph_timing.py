@@ -77,7 +77,6 @@ for seqs in (16, 64):
 
             def fn():
                 return attn(*qkv)
-            fn()
             one, many = captured(fn, 1), captured(fn, BACK_TO_BACK)
             row = (do_bench(fn, return_mode="median") * 1e3, do_bench(one.replay, return_mode="median") * 1e3,
                    back_to_back_us(lambda: [fn() for _ in range(BACK_TO_BACK)]), back_to_back_us(many.replay))
