@@ -38,18 +38,33 @@ __device__ __forceinline__ V shfl_down(V x, int offset) {
     return __shfl_down_sync(0xffffffffu, x, offset);
 }
 
-// Exclusive scan over the CTA's threads of `x` under `op` (identity `zero`), in
+// The threads that pack a problem's sequences: the CTA, or its first warp when the
+// sequences are few (then the CTA's barriers would cost more than the packing; the
+// other warps only zero the relay's flags). `sync` is the team's barrier.
+template <int kThreads>
+struct PackTeam {
+    static_assert(kThreads == 32 || kThreads == kPackThreads, "one warp, or the CTA");
+    static constexpr int kWarps = kThreads / 32;
+    static __device__ __forceinline__ void sync() {
+        if constexpr (kWarps == 1) __syncwarp();
+        else __syncthreads();
+    }
+};
+// One warp packs up to this many entries of cu_seqlens (three per lane).
+constexpr int kWarpPackEntries = 3 * 32;
+
+// Exclusive scan over the team's threads of `x` under `op` (identity `zero`), in
 // ascending thread order, or descending with kReverse (what comes after each thread);
-// `total` gets the reduction of all. Every thread calls it. Warp shuffles, then one
-// warp over the warps' totals: three barriers (the pass is on every packed call's
-// critical path).
-template <bool kReverse = false, typename V, typename Op>
-__device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
-    static_assert(kPackThreads == 32 * 32, "one warp scans the warps' totals");
-    __shared__ V warp_totals[32];
+// `total` gets the reduction of all. Every thread of the team calls it. Warp
+// shuffles, then for the CTA one warp over the warps' totals: three barriers (the
+// pass is on every packed call's critical path).
+template <int kThreads, bool kReverse = false, typename V, typename Op>
+__device__ V team_exclusive_scan(V x, V zero, Op op, V* total) {
+    using Team = PackTeam<kThreads>;
+    __shared__ V warp_totals[Team::kWarps];
     // Positions in the scan's order.
     const int lane = kReverse ? 31 - int(threadIdx.x % 32) : int(threadIdx.x % 32);
-    const int warp = kReverse ? 31 - int(threadIdx.x / 32) : int(threadIdx.x / 32);
+    const int warp = kReverse ? Team::kWarps - 1 - int(threadIdx.x / 32) : int(threadIdx.x / 32);
     // The value `offset` positions earlier in the scan's order (for reverse, a higher lane).
     auto earlier = [](V value, int offset, auto reverse) {
         if constexpr (decltype(reverse)::value) return shfl_down(value, offset);
@@ -65,19 +80,21 @@ __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
     constexpr std::bool_constant<kReverse> kOrder{};
     const V inclusive = warp_inclusive_scan(x, lane, kOrder);
     if (lane == 31) warp_totals[warp] = inclusive;
-    __syncthreads();
-    if (threadIdx.x < 32)
-        warp_totals[threadIdx.x] = warp_inclusive_scan(warp_totals[threadIdx.x], threadIdx.x, std::false_type{});
-    __syncthreads();
+    Team::sync();
+    if constexpr (Team::kWarps > 1) {
+        static_assert(Team::kWarps == 32, "one full warp scans the warps' totals");
+        if (threadIdx.x < 32)
+            warp_totals[threadIdx.x] = warp_inclusive_scan(warp_totals[threadIdx.x], threadIdx.x, std::false_type{});
+        Team::sync();
+    }
     const V before_lane = earlier(inclusive, 1, kOrder);
     const V exclusive = op(warp > 0 ? warp_totals[warp - 1] : zero, lane > 0 ? before_lane : zero);
-    *total = warp_totals[31];
-    __syncthreads();  // warp_totals is reused by the next call
+    *total = warp_totals[Team::kWarps - 1];
+    Team::sync();  // warp_totals is reused by the next call
     return exclusive;
 }
 
-// One CTA per problem (blockIdx.y). The first zeroes the relay's flags and ticket
-// (flag_count ints); a packed problem's CTA packs its sequences. seq_start is
+// Packs a packed problem's sequences (prepare_relay_kernel): seq_start is
 // cu_seqlens clamped to [0, seqlen] and made non-decreasing (a no-op for valid
 // input, which the Python side checks; invalid input then cannot send the sweep
 // out of bounds). job_end groups the sequences into jobs (joins_previous_job).
@@ -85,17 +102,13 @@ __device__ V block_exclusive_scan(V x, V zero, Op op, V* total) {
 // and of the jobs' relay costs (counted at each job's first sequence); longest_chunk
 // the largest cost of one chunk; row_starts marks where the sequences of jobs of
 // several start.
-// Each thread packs a run of entries: scans over the runs, and each value that
-// crosses runs goes through global memory once, behind a barrier.
-__global__ void __launch_bounds__(kPackThreads)
-    prepare_relay_kernel(const __grid_constant__ LinearAttnBatch batch, int flag_count) {
-    if (blockIdx.y == 0)
-        for (int i = threadIdx.x; i < flag_count; i += kPackThreads) batch.relay.handoff_ready[i] = 0;
-    const LinearAttnParams& p = batch.problems[blockIdx.y];
-    const ChunkPlan& plan = batch.chunks[blockIdx.y];
-    if (p.cu_seqlens == nullptr) return;
+// Each thread of the team packs a run of entries: scans over the runs, and each value
+// that crosses runs goes through global memory once, behind the team's barrier.
+template <int kThreads>
+__device__ void pack_sequences(const LinearAttnParams& p, const ChunkPlan& plan) {
+    using Team = PackTeam<kThreads>;
     const int entries = p.num_seqs + 1;
-    const int per_thread = (entries + kPackThreads - 1) / kPackThreads;
+    const int per_thread = (entries + kThreads - 1) / kThreads;
     const int begin = min(int(threadIdx.x) * per_thread, entries);
     const int end = min(begin + per_thread, entries);
     auto clamped_cu = [&](int n) {
@@ -111,7 +124,7 @@ __global__ void __launch_bounds__(kPackThreads)
     // the next run's first start, which this thread computes as well.
     int run_max = 0;
     for (int n = begin; n < end; ++n) run_max = max(run_max, clamped_cu(n));
-    const int start_before = block_exclusive_scan(run_max, 0, max_op, &unused);
+    const int start_before = team_exclusive_scan<kThreads>(run_max, 0, max_op, &unused);
     const int end_start = end < entries ? max(max(start_before, run_max), clamped_cu(end)) : 0;
     // The run's entries in order: f(n, seq_start[n - 1], seq_start[n], seq_start[n + 1])
     // (for the last entry, which starts no sequence, its own start as the next).
@@ -133,13 +146,13 @@ __global__ void __launch_bounds__(kPackThreads)
         plan.job_end[n] = mark ? n : -1;
         if (mark) first_mark = min(first_mark, n);
     });
-    const int mark_after_run = block_exclusive_scan<true>(first_mark, entries, min_op, &unused);
+    const int mark_after_run = team_exclusive_scan<kThreads, true>(first_mark, entries, min_op, &unused);
     for (int n = end - 1, next_mark = mark_after_run; n >= begin; --n) {
         const bool mark = plan.job_end[n] == n;
         if (n < p.num_seqs) plan.job_end[n] = next_mark;
         if (mark) next_mark = n;
     }
-    __syncthreads();  // seq_start and job_end, read across runs below
+    Team::sync();  // seq_start and job_end, read across runs below
     auto first_of_job = [&](int n) { return n == 0 || plan.job_end[n - 1] == n; };
 
     // Chunks per sequence; relay cost and longest chunk per job, at its first sequence.
@@ -154,7 +167,7 @@ __global__ void __launch_bounds__(kPackThreads)
     PackedCounts run = none;
     walk_run([&](int n, int, int start, int next) { run = combine(run, counts_of(n, start, next)); });
     PackedCounts total{};
-    PackedCounts before = block_exclusive_scan(
+    PackedCounts before = team_exclusive_scan<kThreads>(
         run, none, [](PackedCounts a, PackedCounts b) { return combine(a, b); }, &total);
     walk_run([&](int n, int, int start, int next) {
         plan.chunk_start[n] = before.chunks;
@@ -169,9 +182,9 @@ __global__ void __launch_bounds__(kPackThreads)
     int last_first = -1;  // of the run's jobs
     for (int n = begin; n < end; ++n)
         if (n < p.num_seqs && first_of_job(n)) last_first = n;
-    int first = block_exclusive_scan(last_first, -1, max_op, &unused);
-    for (int64_t i = threadIdx.x; i < total.cost; i += kPackThreads) plan.row_starts[i] = 0;
-    __syncthreads();  // relay_start and the zeroed row_starts
+    int first = team_exclusive_scan<kThreads>(last_first, -1, max_op, &unused);
+    for (int64_t i = threadIdx.x; i < total.cost; i += kThreads) plan.row_starts[i] = 0;
+    Team::sync();  // relay_start and the zeroed row_starts
     walk_run([&](int n, int, int start, int next) {
         if (n == p.num_seqs) return;
         if (first_of_job(n)) first = n;
@@ -184,6 +197,18 @@ __global__ void __launch_bounds__(kPackThreads)
             atomicOr(word + row / kSweepBlockN, 1ull << (row % kSweepBlockN));
         }
     });
+}
+
+// One CTA per problem (blockIdx.y). The first zeroes the relay's flags and ticket
+// (flag_count ints); a packed problem's CTA packs its sequences.
+__global__ void __launch_bounds__(kPackThreads)
+    prepare_relay_kernel(const __grid_constant__ LinearAttnBatch batch, int flag_count) {
+    if (blockIdx.y == 0)
+        for (int i = threadIdx.x; i < flag_count; i += kPackThreads) batch.relay.handoff_ready[i] = 0;
+    const LinearAttnParams& p = batch.problems[blockIdx.y];
+    if (p.cu_seqlens == nullptr) return;
+    if (p.num_seqs + 1 > kWarpPackEntries) pack_sequences<kPackThreads>(p, batch.chunks[blockIdx.y]);
+    else if (threadIdx.x < 32) pack_sequences<32>(p, batch.chunks[blockIdx.y]);
 }
 
 // One CTA per part of a slab, `parts` per (candidate, head, v slice) of each chunked
