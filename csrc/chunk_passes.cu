@@ -50,8 +50,10 @@ struct PackTeam {
         else __syncthreads();
     }
 };
-// One warp packs up to this many entries of cu_seqlens (three per lane).
-constexpr int kWarpPackEntries = 3 * 32;
+// One warp packs up to one entry of cu_seqlens per lane. With more, each lane's walks
+// over its entries run in series, and already at three per lane (64 sequences) they
+// cost more than the CTA's barriers: 6.8 -> 10.4 us on an H100 (perf.md, v21).
+constexpr int kWarpPackEntries = 32;
 
 // Exclusive scan over the team's threads of `x` under `op` (identity `zero`), in
 // ascending thread order, or descending with kReverse (what comes after each thread);
