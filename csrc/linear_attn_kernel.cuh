@@ -94,9 +94,14 @@ __device__ __forceinline__ void locate_tokens(const LinearAttnBatch& batch, int 
 // (ChunkPlan::row_starts) into *row_starts when given (a job of several sequences);
 // one cp.async group.
 template <class Traits, typename T = typename Traits::Element>
-__device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, const LocatedPiece& x, int block,
-                                                 int v_col0, bool with_q, T* sQ, T* sK, T* sV, uint64_t* row_starts) {
+__device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, const LocatedPiece& piece_in_smem,
+                                                 int block, int v_col0, bool with_q, T* sQ, T* sK, T* sV,
+                                                 uint64_t* row_starts) {
     constexpr int kBlockN = Traits::kBlockN;
+    // A copy in registers: load_tile's element-wise path stores to shared memory, which
+    // may alias the piece there, so the compiler would read its fields again after each
+    // tile, and each tile's address waited on those reads (perf.md v23).
+    const LocatedPiece x = piece_in_smem;
     const LinearAttnParams& p = batch.problems[x.piece.problem];
     const int64_t first = int64_t(block) * kBlockN;
     const int valid = min(kBlockN, x.piece.work.length - block * kBlockN);
@@ -459,13 +464,16 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // column (a test, a branch and their reconvergence were ~9 instructions around
         // each store: perf.md v15).
         const bool whole_paired_rows = in_hand.paired_stores && v_cols == kTileV;
+        // In registers, not read from in_hand at each store: the block's shared-memory
+        // stores may alias in_hand, and the reads stalled the stores (perf.md v23).
+        T* const o_piece = static_cast<T*>(p.o.ptr) + in_hand.offset[3];
+        const int64_t o_step = in_hand.step[3];
         auto store_output = [&](int block, int valid, const float (&acc_o)[1][kVTiles][4]) {
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int tq = row0 + g + 8 * half;
                 if (tq < valid) {
-                    T* orow =
-                        static_cast<T*>(p.o.ptr) + in_hand.offset[3] + (int64_t(block) * kBlockN + tq) * in_hand.step[3];
+                    T* orow = o_piece + (int64_t(block) * kBlockN + tq) * o_step;
                     if (whole_paired_rows) {
 #pragma unroll
                         for (int j = 0; j < kVTiles; ++j) {

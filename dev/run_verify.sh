@@ -21,7 +21,7 @@ wait
 timeout "${COMPARE_S:-240}" python3 dev/compare_builds.py /tmp/tree_a "$PWD" "$OUT" 2 > "$OUT/compare.log" 2>&1
 step compare $?
 export PYTHONPATH="$PWD"
-timeout "${PYTEST_S:-200}" python3 -m pytest tests -q -x -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+OMP_NUM_THREADS=2 timeout "${PYTEST_S:-200}" python3 -m pytest tests -q -n 14 -p no:cacheprovider -rs > "$OUT/pytest.log" 2>&1
 step pytest $?
 if [[ -n "${SANITIZE:-}" ]]; then
     timeout 200 bash scripts/sanitize.sh > "$OUT/sanitize.log" 2>&1
