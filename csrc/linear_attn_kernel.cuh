@@ -99,8 +99,8 @@ __device__ __forceinline__ void load_block_tiles(const LinearAttnBatch& batch, c
                                                  uint64_t* row_starts) {
     constexpr int kBlockN = Traits::kBlockN;
     // A copy in registers: load_tile's element-wise path stores to shared memory, which
-    // may alias the piece there, so the compiler would read its fields again after each
-    // tile, and each tile's address waited on those reads (perf.md v23).
+    // may alias the piece there, so the compiler read its fields again after each tile
+    // (perf.md v23: fewer instructions, bitwise equal; fp32 ~1% faster, bf16 level).
     const LocatedPiece x = piece_in_smem;
     const LinearAttnParams& p = batch.problems[x.piece.problem];
     const int64_t first = int64_t(block) * kBlockN;
@@ -465,7 +465,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // each store: perf.md v15).
         const bool whole_paired_rows = in_hand.paired_stores && v_cols == kTileV;
         // In registers, not read from in_hand at each store: the block's shared-memory
-        // stores may alias in_hand, and the reads stalled the stores (perf.md v23).
+        // stores may alias in_hand, so each store read them again (perf.md v23).
         T* const o_piece = static_cast<T*>(p.o.ptr) + in_hand.offset[3];
         const int64_t o_step = in_hand.step[3];
         auto store_output = [&](int block, int valid, const float (&acc_o)[1][kVTiles][4]) {
