@@ -2,7 +2,7 @@
 # On the GPU machine, after a build of this tree: ncu's source view (stall samples and
 # instructions per SASS line) of the forward output pass of packed 64 (the kJobs loop)
 # and of its equal-length twin (the plain loop), BNHD, H 16, D = E = 128, bf16: where
-# the kJobs loop's ~2.9% goes (perf.md v22). Reports and per-line CSVs under $OUT.
+# the kJobs loop's ~2.9% goes (perf.md v22, v23). Reports and per-line CSVs under $OUT.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
