@@ -213,6 +213,36 @@ def _check_state(name, state, q, shape):
     _check_on_q_device(name, state, q)
 
 
+def _overlaps_itself(x):
+    """Whether two elements of x may share memory: with its dims ordered by stride,
+    some stride does not clear the reach of the dims before it (a stride 0 of an
+    expanded tensor, say). Conservative: a layout whose strides interleave without
+    meeting is taken as overlapping too."""
+    if x.numel() == 0:
+        return False
+    reach = 0  # the largest offset the dims of smaller stride reach
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz > 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
+
+
+def _byte_range(x):
+    """[first, last) bytes of x's storage that x's elements can touch."""
+    first = x.storage_offset() * x.element_size()
+    reach = sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
+    return first, first + (reach + 1) * x.element_size()
+
+
+def _share_memory(a, b):
+    """Whether a's and b's elements may share memory (their storages' byte ranges meet)."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    (a_first, a_end), (b_first, b_end) = _byte_range(a), _byte_range(b)
+    return a_first < b_end and b_first < a_end
+
+
 def _to_bhnd(x, layout):
     """A [B, H, N, dim] view of x given in `layout` (no copy)."""
     return x if layout == "BHND" else x.transpose(1, 2)
@@ -469,6 +499,8 @@ def lightning_attn(
         return (o, final_state) if output_final_state else o
     if _C is None:
         raise RuntimeError(f"lightning_attn2_cuda: the CUDA extension is not built ({_C_IMPORT_ERROR})")
+    if cu_seqlens is not None:
+        cu_seqlens = cu_seqlens.contiguous()  # the kernels read it as an array (a view may have any stride)
     return _LightningAttnCUDA.apply(
         q, k, v, slope, initial_state, cu_seqlens, rates, scale, layout, num_seqs, output_final_state,
         -1 if max_seqlen is None else min(int(max_seqlen), MAX_CUDA_SEQLEN),  # any bound >= 0 fits the int64 argument
@@ -483,7 +515,8 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
     Args:
         q, k: [B, H, D]; v: [B, H, E]; float16, bfloat16 or float32 (CPU also float64).
         state_cache: [S, H, D, E] float32 with a contiguous last dimension, updated in
-            place (the only argument ever written).
+            place (the only argument ever written): no two of its elements may share
+            memory, nor may it share memory with q, k, v or slope.
         slope, scale: as for lightning_attn.
         state_indices: int32/int64 [B], the cache row of each sequence; -1 skips a
             sequence (its o is 0 and no row is touched), as vLLM's slot mapping does.
@@ -516,6 +549,15 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
             "state_cache must have a contiguous last dimension (it is written in place), "
             f"got strides {state_cache.stride()}"
         )
+    if _overlaps_itself(state_cache):
+        raise ValueError(
+            "state_cache must have strides that give each element its own memory, each stride past the reach "
+            f"of the smaller ones (it is written in place), got shape {tuple(state_cache.shape)} with strides "
+            f"{state_cache.stride()}"
+        )
+    for name, x in (("q", q), ("k", k), ("v", v), ("slope", slope)):
+        if x is not None and _share_memory(state_cache, x):
+            raise ValueError(f"state_cache must not share memory with {name} (it is written in place while {name} is read)")
     rows = state_cache.shape[0]
     if q.is_cuda and (batch * heads > MAX_CUDA_COUNT or rows > MAX_CUDA_COUNT):
         raise ValueError(
@@ -552,5 +594,6 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
     cache = _last_dim_contiguous(state_cache)
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     o = torch.empty(batch, heads, dim_v, dtype=q.dtype, device=q.device)
-    _C.decode(q, k, v, rates, scale, cache, state_indices, o)
+    indices = None if state_indices is None else state_indices.contiguous()  # read as an array
+    _C.decode(q, k, v, rates, scale, cache, indices, o)
     return o

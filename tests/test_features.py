@@ -325,6 +325,34 @@ def test_bnhd_layout_is_bitwise_equal(device, dtype, shape, poison_allocations):
 
 
 @pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
+def test_index_tensors_as_strided_views(device, dtype, poison_allocations):
+    """cu_seqlens and state_indices given as views with stride 2 give the bits of
+    contiguous ones (the kernels read them as arrays)."""
+    q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["packed"], dtype, device, "alibi")
+    dout = torch.randn(*q.shape[:3], v.shape[3], device=device, dtype=dtype)
+    d_final = torch.randn_like(state)
+    strided = torch.stack([cu_seqlens, torch.full_like(cu_seqlens, -7)], dim=1)[:, 0]
+    assert not strided.is_contiguous()
+    expected = run_with_grads(q, k, v, slope, state, cu_seqlens, 0.5, dout, d_final)
+    o, final, grads = run_with_grads(q, k, v, slope, state, strided, 0.5, dout, d_final)
+    assert torch.equal(o, expected[0]) and torch.equal(final, expected[1])
+    for x, ref in zip(grads, expected[2]):
+        assert torch.equal(x, ref)
+
+    heads, dim_qk, dim_v = q.shape[1], q.shape[3], v.shape[3]
+    step = [x[0, :, :4].transpose(0, 1).contiguous() for x in (q, k, v)]  # 4 sequences, [B, H, dim]
+    rows = torch.tensor([2, -1, 0, 4], device=device)
+    cache = torch.randn(5, heads, dim_qk, dim_v, device=device)
+    strided_rows = torch.stack([rows, torch.full_like(rows, 99)], dim=1)[:, 0]
+    with torch.no_grad():
+        results = []
+        for indices in (rows, strided_rows):
+            updated = cache.clone()
+            results.append((lightning_attn_decode(*step, updated, slope, 0.5, state_indices=indices), updated))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
 def test_only_some_inputs_require_grad(device, dtype, poison_allocations):
     """Backward runs only the sweeps it needs; the gradients it gives are unchanged."""
     q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["packed"], dtype, device, "alibi")

@@ -218,6 +218,8 @@ DECODE_CASES = [
     ("index repeated", dict(state_indices=torch.tensor([2, -1, 2])), ValueError, ["state_indices", "repeat"]),
     ("scale inf", dict(scale=float("inf")), ValueError, ["scale", "inf"]),
     ("requires grad", dict(q=torch.randn(3, 4, 8, requires_grad=True)), ValueError, ["not differentiable", "no_grad"]),
+    ("cache rows expanded", dict(state_cache=torch.randn(1, 4, 8, 6).expand(5, 4, 8, 6)), ValueError, ["state_cache", "own memory", "(5, 4, 8, 6)", "(0, 48, 6, 1)"]),
+    ("cache rows overlap", dict(state_cache=torch.randn(288).as_strided((5, 4, 8, 6), (24, 48, 6, 1))), ValueError, ["state_cache", "own memory", "(24, 48, 6, 1)"]),
 ]
 
 
@@ -230,3 +232,23 @@ def test_bad_decode_input_is_named(changes, error, words):
     for word in words:
         assert word in str(info.value), f"{word!r} missing from: {info.value}"
     assert torch.equal(args["state_cache"], before)
+
+
+@pytest.mark.parametrize("name", ["q", "k", "v", "slope"])
+def test_decode_cache_must_not_share_memory_with_what_it_reads(name):
+    """The cache is written while q, k, v and slope are read: one buffer holding both
+    is refused where they overlap, and runs where they lie side by side."""
+    args = decode_inputs()
+    cache_elems = args["state_cache"].numel()
+    buffer = torch.randn(cache_elems + args[name].numel()).abs()  # a valid slope too
+    for start, overlapping in ((cache_elems - 1, True), (cache_elems, False)):
+        args = decode_inputs()
+        args["state_cache"] = buffer[:cache_elems].view(args["state_cache"].shape)
+        args[name] = buffer[start : start + args[name].numel()].view(args[name].shape)
+        if overlapping:
+            before = buffer.clone()
+            with pytest.raises(ValueError, match=f"state_cache must not share memory with {name}"):
+                lightning_attn_decode(**args)
+            assert torch.equal(buffer, before)
+        else:
+            lightning_attn_decode(**args)
