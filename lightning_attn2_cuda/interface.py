@@ -228,18 +228,21 @@ def _overlaps_itself(x):
     return False
 
 
-def _byte_range(x):
-    """[first, last) bytes of x's storage that x's elements can touch."""
-    first = x.storage_offset() * x.element_size()
+def _address_span(x):
+    """[first, end) addresses of the bytes x's elements lie in (x non-empty). Addresses,
+    not offsets into a storage: two storages can hold the same memory (numpy arrays,
+    DLPack)."""
+    first = x.data_ptr()
     reach = sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
     return first, first + (reach + 1) * x.element_size()
 
 
-def _share_memory(a, b):
-    """Whether a's and b's elements may share memory (their storages' byte ranges meet)."""
-    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+def _spans_meet(a, b):
+    """Whether the address spans of a and b (on one device) meet: conservative, as a
+    tensor interleaved with another without a shared element is taken as meeting."""
+    if a.numel() == 0 or b.numel() == 0:
         return False
-    (a_first, a_end), (b_first, b_end) = _byte_range(a), _byte_range(b)
+    (a_first, a_end), (b_first, b_end) = _address_span(a), _address_span(b)
     return a_first < b_end and b_first < a_end
 
 
@@ -515,8 +518,9 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
     Args:
         q, k: [B, H, D]; v: [B, H, E]; float16, bfloat16 or float32 (CPU also float64).
         state_cache: [S, H, D, E] float32 with a contiguous last dimension, updated in
-            place (the only argument ever written): no two of its elements may share
-            memory, nor may it share memory with q, k, v or slope.
+            place (the only argument ever written): its strides must give each element
+            its own memory, and its memory span must not meet those of q, k, v, slope
+            and state_indices.
         slope, scale: as for lightning_attn.
         state_indices: int32/int64 [B], the cache row of each sequence; -1 skips a
             sequence (its o is 0 and no row is touched), as vLLM's slot mapping does.
@@ -555,9 +559,6 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
             f"of the smaller ones (it is written in place), got shape {tuple(state_cache.shape)} with strides "
             f"{state_cache.stride()}"
         )
-    for name, x in (("q", q), ("k", k), ("v", v), ("slope", slope)):
-        if x is not None and _share_memory(state_cache, x):
-            raise ValueError(f"state_cache must not share memory with {name} (it is written in place while {name} is read)")
     rows = state_cache.shape[0]
     if q.is_cuda and (batch * heads > MAX_CUDA_COUNT or rows > MAX_CUDA_COUNT):
         raise ValueError(
@@ -586,6 +587,13 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
                 raise ValueError("state_indices must not repeat a row: two sequences would update the same state")
 
         _check_values_once(state_indices, rows, check)
+    for name, x in (("q", q), ("k", k), ("v", v), ("slope", slope), ("state_indices", state_indices)):
+        if x is not None and _spans_meet(state_cache, x):
+            (cache_first, cache_end), (first, end) = _address_span(state_cache), _address_span(x)
+            raise ValueError(
+                f"state_cache must lie apart from {name} in memory (it is written in place while {name} is read), "
+                f"got state_cache in bytes [{cache_first:#x}, {cache_end:#x}) and {name} in [{first:#x}, {end:#x})"
+            )
     if q.device.type == "cpu":
         with torch.autocast("cpu", enabled=False):  # in the inputs' dtype, as on CUDA
             return reference.decode_step(q, k, v, state_cache, rates, scale, state_indices)

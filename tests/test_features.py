@@ -327,7 +327,8 @@ def test_bnhd_layout_is_bitwise_equal(device, dtype, shape, poison_allocations):
 @pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES, ids=IDS)
 def test_index_tensors_as_strided_views(device, dtype, poison_allocations):
     """cu_seqlens and state_indices given as views with stride 2 give the bits of
-    contiguous ones (the kernels read them as arrays)."""
+    contiguous ones. The kernels read them as arrays, so the CUDA cases test the copy
+    that makes them so; the CPU path indexes them as tensors."""
     q, k, v, slope, state, cu_seqlens = make_problem(SHAPES["packed"], dtype, device, "alibi")
     dout = torch.randn(*q.shape[:3], v.shape[3], device=device, dtype=dtype)
     d_final = torch.randn_like(state)

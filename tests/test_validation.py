@@ -234,21 +234,45 @@ def test_bad_decode_input_is_named(changes, error, words):
     assert torch.equal(args["state_cache"], before)
 
 
-@pytest.mark.parametrize("name", ["q", "k", "v", "slope"])
-def test_decode_cache_must_not_share_memory_with_what_it_reads(name):
-    """The cache is written while q, k, v and slope are read: one buffer holding both
-    is refused where they overlap, and runs where they lie side by side."""
-    args = decode_inputs()
-    cache_elems = args["state_cache"].numel()
-    buffer = torch.randn(cache_elems + args[name].numel()).abs()  # a valid slope too
-    for start, overlapping in ((cache_elems - 1, True), (cache_elems, False)):
+# (argument, how it is cut from the cache's buffer): float32 elements, or bf16 ones of
+# the same bytes (q, k, v then bf16: the edge falls between bf16 elements), or int32
+# indices; "numpy" cuts the cache and q from one numpy array, two storages of one memory.
+SHARED_BUFFER_CASES = [("q", torch.float32), ("k", torch.float32), ("v", torch.float32), ("slope", torch.float32),
+                       ("q", torch.bfloat16), ("v", torch.bfloat16), ("state_indices", torch.int32), ("q", "numpy")]
+
+
+@pytest.mark.parametrize(
+    "name, kind", SHARED_BUFFER_CASES, ids=[f"{n}-{k}".replace("torch.", "") for n, k in SHARED_BUFFER_CASES]
+)
+def test_decode_cache_must_lie_apart_from_what_it_reads(name, kind):
+    """The cache is written while the other arguments are read: a buffer holding both is
+    refused where their spans meet (by one element), and runs where they lie side by
+    side."""
+    cache_shape = decode_inputs()["state_cache"].shape
+    cache_elems = cache_shape.numel()
+    buffer = torch.randn(2 * cache_elems).abs()  # a valid slope too
+
+    def cut(first, count):  # elements [first, first + count) of the buffer, as `kind`
+        if kind == "numpy":  # a new storage at the slice's address
+            return torch.from_numpy(buffer.numpy()[first : first + count])
+        return buffer.view(kind)[first : first + count]
+
+    for overlap, refused in ((1, True), (0, False)):
         args = decode_inputs()
-        args["state_cache"] = buffer[:cache_elems].view(args["state_cache"].shape)
-        args[name] = buffer[start : start + args[name].numel()].view(args[name].shape)
-        if overlapping:
+        if name in ("q", "k", "v") and kind == torch.bfloat16:
+            args = {**args, "q": args["q"].bfloat16(), "k": args["k"].bfloat16(), "v": args["v"].bfloat16()}
+        if name == "state_indices":
+            args[name] = torch.tensor([2, 0, 4], dtype=torch.int32)
+        per_float = 4 // args[name].element_size()  # its elements per float32
+        piece = cut(cache_elems * per_float - overlap, args[name].numel())
+        piece.copy_(args[name].flatten())
+        args[name] = piece.view(args[name].shape)
+        args["state_cache"] = buffer[:cache_elems].view(cache_shape)
+        if refused:
             before = buffer.clone()
-            with pytest.raises(ValueError, match=f"state_cache must not share memory with {name}"):
+            with pytest.raises(ValueError, match=f"state_cache must lie apart from {name} in memory") as info:
                 lightning_attn_decode(**args)
+            assert "got state_cache in bytes [0x" in str(info.value)
             assert torch.equal(buffer, before)
         else:
             lightning_attn_decode(**args)
