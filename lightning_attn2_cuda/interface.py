@@ -231,19 +231,11 @@ def _overlaps_itself(x):
 def _address_span(x):
     """[first, end) addresses of the bytes x's elements lie in (x non-empty). Addresses,
     not offsets into a storage: two storages can hold the same memory (numpy arrays,
-    DLPack)."""
+    DLPack). Spans that meet are taken as shared memory, conservatively: a tensor
+    interleaved with another without a shared element meets it too."""
     first = x.data_ptr()
     reach = sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
     return first, first + (reach + 1) * x.element_size()
-
-
-def _spans_meet(a, b):
-    """Whether the address spans of a and b (on one device) meet: conservative, as a
-    tensor interleaved with another without a shared element is taken as meeting."""
-    if a.numel() == 0 or b.numel() == 0:
-        return False
-    (a_first, a_end), (b_first, b_end) = _address_span(a), _address_span(b)
-    return a_first < b_end and b_first < a_end
 
 
 def _to_bhnd(x, layout):
@@ -587,9 +579,12 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
                 raise ValueError("state_indices must not repeat a row: two sequences would update the same state")
 
         _check_values_once(state_indices, rows, check)
+    cache_first, cache_end = _address_span(state_cache) if state_cache.numel() > 0 else (0, 0)
     for name, x in (("q", q), ("k", k), ("v", v), ("slope", slope), ("state_indices", state_indices)):
-        if x is not None and _spans_meet(state_cache, x):
-            (cache_first, cache_end), (first, end) = _address_span(state_cache), _address_span(x)
+        if x is None or x.numel() == 0:
+            continue
+        first, end = _address_span(x)
+        if first < cache_end and cache_first < end:
             raise ValueError(
                 f"state_cache must lie apart from {name} in memory (it is written in place while {name} is read), "
                 f"got state_cache in bytes [{cache_first:#x}, {cache_end:#x}) and {name} in [{first:#x}, {end:#x})"
