@@ -183,6 +183,20 @@ def test_many_short_packed_sequences(poison_allocations):
         assert relative_l2(x, ref) <= TOLERANCE[torch.bfloat16]
 
 
+# The preparing pass packs up to 31 sequences in one warp, an entry of cu_seqlens per
+# lane, and more with the CTA: 31 and 32 sequences, short ones (0 to 150 tokens, so
+# that without states they share jobs) and long ones (1000 to 1160: no jobs, and cut
+# into chunks with an initial state).
+@requires_cuda
+@pytest.mark.parametrize("initial_state", [True, False], ids=["initial-state", "from-zero"])
+@pytest.mark.parametrize("lengths", ["short", "long"])
+@pytest.mark.parametrize("seqs", [31, 32])
+def test_packing_either_side_of_one_warp(seqs, lengths, initial_state, poison_allocations):
+    short = lengths == "short"
+    tokens = [(37 * i) % 151 if short else 1000 + (53 * i) % 161 for i in range(seqs)]
+    assert_matches_float64((1, 2, tokens, None, 64, 32), torch.bfloat16, "cuda", "alibi", initial_state=initial_state)
+
+
 # 112 sequences of 0 to 210 tokens (11,600 in all), 16 heads: with no state in or out,
 # the sweeps run runs of consecutive short sequences as one job (joins_previous_job)
 # of several blocks on a GPU of 132 SMs (forward ~7 blocks, backward ~22), the
