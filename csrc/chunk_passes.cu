@@ -241,9 +241,12 @@ __device__ void pack_few_sequences(const LinearAttnParams& p, const ChunkPlan& p
     __syncwarp();  // the zeroed words, before other lanes' atomics
     const int first = 31 - __clz(marks & (kAll >> (31 - n)));  // of the job holding n
     const int first_start = __shfl_sync(kAll, start, first);
+    const int first_job_end = __shfl_sync(kAll, job_end, first);
     const int first_job_end_start = __shfl_sync(kAll, job_end_start, first);
     const int64_t first_relay_start = __shfl_sync(kAll, before.cost, first);
-    if (!is_sequence || mark) return;
+    // Every sequence of a job of several, its first too: a reversed sweep meets that
+    // one last.
+    if (!is_sequence || first_job_end == first + 1) return;
     const int row = p.reversed ? first_job_end_start - next : start - first_start;
     if (row > 0 && row < first_job_end_start - first_start) {
         auto* word = reinterpret_cast<unsigned long long*>(plan.row_starts) + first_relay_start;
