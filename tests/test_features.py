@@ -184,17 +184,19 @@ def test_many_short_packed_sequences(poison_allocations):
 
 
 # The preparing pass packs up to 31 sequences in one warp, an entry of cu_seqlens per
-# lane, and more with the CTA: 31 and 32 sequences, short ones (0 to 150 tokens, so
-# that without states they share jobs) and long ones (1000 to 1160: no jobs, and cut
-# into chunks with an initial state).
+# lane, and more with the CTA: 31 and 32 sequences, short ones (0 to 210 tokens at 16
+# heads, so that without states they share jobs of a few blocks, forward and reversed)
+# and long ones (1000 to 1160 at 2 heads: no jobs, and cut into chunks).
 @requires_cuda
 @pytest.mark.parametrize("initial_state", [True, False], ids=["initial-state", "from-zero"])
 @pytest.mark.parametrize("lengths", ["short", "long"])
 @pytest.mark.parametrize("seqs", [31, 32])
 def test_packing_either_side_of_one_warp(seqs, lengths, initial_state, poison_allocations):
-    short = lengths == "short"
-    tokens = [(37 * i) % 151 if short else 1000 + (53 * i) % 161 for i in range(seqs)]
-    assert_matches_float64((1, 2, tokens, None, 64, 32), torch.bfloat16, "cuda", "alibi", initial_state=initial_state)
+    if lengths == "short":
+        shape = (1, 16, [(37 * i) % 211 for i in range(seqs)], None, 64, 64)
+    else:
+        shape = (1, 2, [1000 + (53 * i) % 161 for i in range(seqs)], None, 64, 32)
+    assert_matches_float64(shape, torch.bfloat16, "cuda", "alibi", initial_state=initial_state)
 
 
 # 112 sequences of 0 to 210 tokens (11,600 in all), 16 heads: with no state in or out,
