@@ -25,18 +25,26 @@ _CPU_DTYPES = _CUDA_DTYPES + (torch.float64,)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
+def _type_name(x):
+    """x's type for a message, with its module unless built in (numpy.bool, not bool)."""
+    t = type(x)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
 def _dtype_names(dtypes):
     return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
 
 
 def _check_values_once(x, context, check):
     """Runs check(), which reads x's values (a host sync for a CUDA tensor), once per
-    version of x and context: a loop that passes the same tensor every step pays the
-    sync once, and an in-place change (which bumps the version) is seen. Writes
-    through .data or memory shared with another library are not seen; inference
-    tensors have no version and are checked every time. A CUDA graph capture cannot
-    sync at all, so the check is skipped there (capture a call that ran once
-    outside it); the kernels never read or write out of bounds whatever the values.
+    version of x and context (the argument x is checked as, and what against: one
+    tensor passed as cu_seqlens and as state_indices is checked as each). A loop that
+    passes the same tensor every step pays the sync once, and an in-place change
+    (which bumps the version) is seen. Writes through .data or memory shared with
+    another library are not seen; inference tensors have no version and are checked
+    every time. A CUDA graph capture cannot sync at all, so the check is skipped there
+    (capture a call that ran once outside it); the kernels never read or write out of
+    bounds whatever the values.
     Returns what check() returned, remembered with the version; None under capture."""
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return None
@@ -52,16 +60,19 @@ def _check_values_once(x, context, check):
 
 def _check_tensor(name, x, dims):
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(x)}")
+    if x.is_nested:
+        raise TypeError(f"{name} must be a dense tensor, got a nested tensor (pack sequences with cu_seqlens)")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor ({_dtype_names(_CUDA_DTYPES)}), got {x.dtype}")
+        allowed = _CPU_DTYPES if x.device.type == "cpu" else _CUDA_DTYPES
+        raise TypeError(f"{name} must be a floating-point tensor ({_dtype_names(allowed)}), got {x.dtype}")
     if x.dim() != len(dims.split(",")):
         raise ValueError(f"{name} must have shape {dims} ({len(dims.split(','))} dimensions), got {tuple(x.shape)}")
 
 
 def _check_index_tensor(name, x, q, length, meaning):
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor ({meaning}), got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor ({meaning}), got {_type_name(x)}")
     if x.dtype not in _INDEX_DTYPES:
         raise TypeError(f"{name} must have dtype int32 or int64, got {x.dtype}")
     if x.dim() != 1 or (length is not None and x.shape[0] != length):
@@ -111,23 +122,24 @@ def _check_head_dims(dim_qk, dim_v):
 
 def _check_scale(scale):
     """The kernels take the scale as float32."""
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, numbers.Real)
-        or not math.isfinite(scale)
-        or abs(scale) > torch.finfo(torch.float32).max
-    ):
+    try:  # an int or Fraction past float64's range cannot be converted
+        value = float(scale) if isinstance(scale, numbers.Real) and not isinstance(scale, bool) else None
+    except OverflowError:
+        value = math.inf
+    if value is None or not abs(value) <= torch.finfo(torch.float32).max:
         raise ValueError(f"scale must be a real number, finite in float32, got {scale!r}")
-    return float(scale)
+    return value
 
 
 def _check_slope(slope, q, heads):
-    """The decay rates as [H]: float32 (detached) for CUDA, as given for CPU."""
+    """The decay rates as [H]: float32 (detached) for CUDA, as given for CPU. They are
+    checked in the dtype the sweep computes in (float32, float64 for float64 q on CPU),
+    where a rate past its range would be inf."""
     if slope is None:
         return None
     if not isinstance(slope, torch.Tensor):
         raise TypeError(
-            f"slope must be a torch.Tensor of {heads} per-head decay rates or None, got {type(slope).__name__}"
+            f"slope must be a torch.Tensor of {heads} per-head decay rates or None, got {_type_name(slope)}"
         )
     if not slope.is_floating_point():
         raise TypeError(f"slope must be a floating-point tensor, got {slope.dtype}")
@@ -139,15 +151,18 @@ def _check_slope(slope, q, heads):
     rates = slope.reshape(heads)
     if q.is_cuda:
         rates = rates.detach().to(torch.float32).contiguous()
+    computed = rates.detach().to(reference.compute_dtype(q))
 
     def check():
-        if bool((~torch.isfinite(rates) | (rates < 0)).any()):
+        bad = ~torch.isfinite(computed) | (computed < 0)
+        if bool(bad.any()):
+            head = int(torch.nonzero(bad)[0, 0])
             raise ValueError(
-                f"slope must be finite (in {rates.dtype}) and >= 0 (lambda = exp(-slope)), "
-                f"got {slope.detach().flatten().tolist()}"
+                f"slope must be finite (in {computed.dtype}) and >= 0 (lambda = exp(-slope)), "
+                f"got {slope.detach().flatten()[head].item()} for head {head}"
             )
 
-    _check_values_once(slope, None, check)
+    _check_values_once(slope, ("slope", computed.dtype), check)
     return rates
 
 
@@ -157,7 +172,7 @@ def _check_max_seqlen(max_seqlen):
     if max_seqlen is None:
         return
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
-        raise TypeError(f"max_seqlen must be an int or None, got {type(max_seqlen).__name__}")
+        raise TypeError(f"max_seqlen must be an int or None, got {_type_name(max_seqlen)}")
     if max_seqlen < 0:
         raise ValueError(f"max_seqlen must be >= 0, got {max_seqlen}")
 
@@ -191,7 +206,7 @@ def _check_cu_seqlens(cu_seqlens, q, total, max_seqlen):
 
     # The longest length is remembered with the check, so max_seqlen is compared on the
     # host; under graph capture (None) neither is read.
-    longest = _check_values_once(cu_seqlens, total, check)
+    longest = _check_values_once(cu_seqlens, ("cu_seqlens", total), check)
     if max_seqlen is not None and longest is not None and longest > max_seqlen:
         raise ValueError(
             f"max_seqlen must be at least the longest sequence's length, got {max_seqlen} for a sequence of "
@@ -202,7 +217,7 @@ def _check_cu_seqlens(cu_seqlens, q, total, max_seqlen):
 
 def _check_state(name, state, q, shape):
     if not isinstance(state, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {shape} or None, got {type(state).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape} or None, got {_type_name(state)}")
     allowed = (torch.float32, torch.float64) if q.dtype == torch.float64 else (torch.float32,)
     if state.dtype not in allowed:
         raise TypeError(
@@ -260,7 +275,7 @@ def _check_inputs(q, k, v, slope, scale, initial_state, output_final_state, cu_s
     scale = _check_scale(scale)
     rates = _check_slope(slope, q, heads)
     if not isinstance(output_final_state, bool):
-        raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
+        raise TypeError(f"output_final_state must be a bool, got {_type_name(output_final_state)}")
     _check_max_seqlen(max_seqlen)
     num_seqs = batch
     if cu_seqlens is not None:
@@ -465,9 +480,10 @@ def lightning_attn(
             requires grad, its gradient is returned (summed over batch and tokens).
         scale: multiplies the output (no 1/sqrt(D) is applied unless given here).
         initial_state: [N_seq, H, D, E] float32, S_{-1} of each sequence (N_seq = B,
-            or the number of packed sequences). Differentiable.
+            or the number of packed sequences; float64 too for float64 q). Differentiable.
         output_final_state: also return each sequence's final state, [N_seq, H, D, E]
-            float32 (the initial state for a sequence of no tokens). Differentiable.
+            float32 (float64 for float64 q; a copy of the initial state for a sequence of
+            no tokens). Differentiable.
         cu_seqlens: int32/int64 [N_seq + 1], for variable-length sequences packed
             into batch 1 (FlashAttention's convention): sequence n is tokens
             cu_seqlens[n] .. cu_seqlens[n + 1] - 1, with its own state. On CUDA the
@@ -525,14 +541,10 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
     batch, heads, dim_qk = q.shape
     dim_v = v.shape[2]
     _check_head_dims(dim_qk, dim_v)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-        raise ValueError(
-            "lightning_attn_decode is not differentiable: call it under torch.no_grad() or on detached q, k, v"
-        )
     scale = _check_scale(scale)
     rates = _check_slope(slope, q, heads)
     if not isinstance(state_cache, torch.Tensor):
-        raise TypeError(f"state_cache must be a torch.Tensor [S, H, D, E], got {type(state_cache).__name__}")
+        raise TypeError(f"state_cache must be a torch.Tensor [S, H, D, E], got {_type_name(state_cache)}")
     if state_cache.dtype != torch.float32:
         raise TypeError(f"state_cache must have dtype float32, got {state_cache.dtype}")
     if state_cache.dim() != 4 or tuple(state_cache.shape[1:]) != (heads, dim_qk, dim_v):
@@ -540,6 +552,20 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
             f"state_cache must have shape [S, {heads}, {dim_qk}, {dim_v}] [S, H, D, E], got {tuple(state_cache.shape)}"
         )
     _check_on_q_device("state_cache", state_cache, q)
+    # Not differentiable, and the cache is written in place: a tensor that requires grad
+    # would tie every step into one growing graph, or is a leaf autograd won't let change.
+    if torch.is_grad_enabled():
+        for name, x in (("q", q), ("k", k), ("v", v), ("slope", slope), ("state_cache", state_cache)):
+            if x is not None and x.requires_grad:
+                raise ValueError(
+                    f"lightning_attn_decode is not differentiable: call it under torch.no_grad(), or with {name} "
+                    "detached (it requires grad)"
+                )
+    if state_cache.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(
+            "state_cache was made under torch.inference_mode(), so it can be written in place only inside "
+            "inference_mode: call lightning_attn_decode there"
+        )
     if state_cache.stride(3) != 1 and dim_v > 1:
         raise ValueError(
             "state_cache must have a contiguous last dimension (it is written in place), "
@@ -578,7 +604,7 @@ def lightning_attn_decode(q, k, v, state_cache, slope=None, scale=1.0, *, state_
             if repeated:
                 raise ValueError("state_indices must not repeat a row: two sequences would update the same state")
 
-        _check_values_once(state_indices, rows, check)
+        _check_values_once(state_indices, ("state_indices", rows), check)
     cache_first, cache_end = _address_span(state_cache) if state_cache.numel() > 0 else (0, 0)
     for name, x in (("q", q), ("k", k), ("v", v), ("slope", slope), ("state_indices", state_indices)):
         if x is None or x.numel() == 0:

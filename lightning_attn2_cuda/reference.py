@@ -30,15 +30,18 @@ def _slope_column(slope, num_heads, like):
     return slope.reshape(num_heads, 1, 1).to(device=like.device, dtype=like.dtype)
 
 
-def _compute_dtype(q):
+def compute_dtype(q):
+    """The dtype every form computes in: q's, at least float32."""
     return torch.promote_types(q.dtype, torch.float32)
 
 
 def _start_state(q, v, initial_state):
-    """S_{-1} in q's (compute) dtype: initial_state, or zeros."""
+    """S_{-1} in q's (compute) dtype: initial_state, or zeros. Always a new tensor: a
+    form over no tokens returns it as the final state, which must not share the
+    caller's memory."""
     if initial_state is None:
         return q.new_zeros(q.shape[0], q.shape[1], q.shape[3], v.shape[3])
-    return initial_state.to(q.dtype)
+    return initial_state.to(q.dtype, copy=True)
 
 
 def _decay_mask(rates, n, like):
@@ -67,7 +70,7 @@ def naive(q, k, v, slope=None, scale=1.0, initial_state=None, output_final_state
     Materialises the N x N matrix: short sequences only.
     """
     out_dtype = q.dtype
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     q, k, v = (x.to(dtype) for x in (q, k, v))
     rates = _slope_column(slope, q.shape[1], q)
     state = _start_state(q, v, initial_state)
@@ -83,7 +86,7 @@ def blockwise(q, k, v, slope=None, scale=1.0, block_size=BLOCK_SIZE, initial_sta
     Memory is linear in N.
     """
     out_dtype = q.dtype
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     q, k, v = (x.to(dtype) for x in (q, k, v))
     rates = _slope_column(slope, q.shape[1], q)
     state = _start_state(q, v, initial_state)
@@ -104,7 +107,7 @@ def recurrent(q, k, v, slope=None, scale=1.0, initial_state=None, output_final_s
     O(N) sequential steps: for checking sampled rows of long sequences and decoding.
     """
     out_dtype = q.dtype
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     q, k, v = (x.to(dtype) for x in (q, k, v))
     lam = torch.exp(-_slope_column(slope, q.shape[1], q))  # [H, 1, 1]
     state = _start_state(q, v, initial_state)

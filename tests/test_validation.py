@@ -1,4 +1,5 @@
 """Bad input raises a TypeError/ValueError that names the argument; inputs are never modified."""
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +31,7 @@ def replaced(**changes):
 CASES = [
     # (description, make the arguments, exception, words the message must contain)
     ("q not a tensor", lambda: replaced(q=[[1.0]]), TypeError, ["q", "torch.Tensor", "list"]),
+    ("q nested", lambda: replaced(q=torch.nested.as_nested_tensor([torch.randn(4, 10, 8)] * 2, layout=torch.jagged)), TypeError, ["q", "nested", "cu_seqlens"]),
     ("integer k", lambda: replaced(k=torch.ones(2, 4, 10, 8, dtype=torch.int32)), TypeError, ["k", "int32"]),
     ("q rank 3", lambda: replaced(q=torch.randn(4, 10, 8)), ValueError, ["q", "(4, 10, 8)", "[B, H, N, D]"]),
     ("v rank 5", lambda: replaced(v=torch.randn(2, 4, 10, 6, 1)), ValueError, ["v", "[B, H, N, E]"]),
@@ -44,12 +46,16 @@ CASES = [
     ("slope negative", lambda: replaced(slope=torch.tensor([0.1, -0.5, 0.2, 0.3])), ValueError, ["slope", ">= 0", "-0.5"]),
     ("slope nan", lambda: replaced(slope=torch.tensor([0.1, float("nan"), 0.2, 0.3])), ValueError, ["slope", "finite"]),
     ("slope inf", lambda: replaced(slope=torch.tensor([0.1, float("inf"), 0.2, 0.3])), ValueError, ["slope", "finite"]),
+    # float32 q computes in float32, where this rate is inf (float64 q takes it: below).
+    ("slope past float32", lambda: replaced(slope=torch.tensor([0.1, 1e39, 0.2, 0.3], dtype=torch.float64)), ValueError, ["slope", "finite (in torch.float32)", "1e+39", "head 1"]),
     ("scale nan", lambda: replaced(scale=float("nan")), ValueError, ["scale", "nan"]),
     ("scale string", lambda: replaced(scale="1"), ValueError, ["scale", "'1'"]),
     ("scale past float32", lambda: replaced(scale=1e39), ValueError, ["scale", "float32", "1e+39"]),
+    ("scale past float64", lambda: replaced(scale=10**400), ValueError, ["scale", "float32", "1000"]),
     ("layout unknown", lambda: replaced(layout="BHDN"), ValueError, ["layout", "'BHDN'", "BNHD"]),
     ("BNHD shapes", lambda: replaced(layout="BNHD", v=torch.randn(2, 4, 11, 6)), ValueError, ["v", "[B, N, H, E]"]),
     ("final state flag", lambda: replaced(output_final_state=1), TypeError, ["output_final_state", "bool", "int"]),
+    ("final state flag numpy", lambda: replaced(output_final_state=np.True_), TypeError, ["output_final_state", "got numpy."]),
     ("state shape", lambda: replaced(initial_state=torch.randn(2, 4, 6, 8)), ValueError, ["initial_state", "(2, 4, 6, 8)", "(2, 4, 8, 6)"]),
     ("state dtype", lambda: replaced(initial_state=torch.randn(2, 4, 8, 6, dtype=torch.float16)), TypeError, ["initial_state", "float16", "float32"]),
     ("state not a tensor", lambda: replaced(initial_state=0.0), TypeError, ["initial_state", "float"]),
@@ -98,6 +104,27 @@ def test_slope_made_in_inference_mode():
         slope[0] = float("nan")
     with pytest.raises(ValueError, match="slope must be finite"):
         lightning_attn(**args)
+
+
+def test_slope_past_float32_with_float64_q_on_cpu():
+    """float64 q computes in float64, where a rate of 1e39 is finite: lambda = 0."""
+    args = good_inputs(dtype=torch.float64)
+    args["slope"] = torch.tensor([0.1, 1e39, 0.2, 0.3], dtype=torch.float64)
+    assert torch.isfinite(lightning_attn(**args)).all()
+
+
+def test_one_index_tensor_checked_as_each_argument():
+    """The value checks are remembered per argument, not only per tensor and bound
+    (here 10 both as cache rows and as tokens): valid state_indices [3, 0, 1, 2] are
+    still bad cu_seqlens, and valid cu_seqlens [0, 1, 2, 4, 10] bad state_indices."""
+    indices = torch.tensor([3, 0, 1, 2])
+    lightning_attn_decode(**decode_inputs(batch=4, rows=10), state_indices=indices)
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0, got 3"):
+        lightning_attn(**packed(cu_seqlens=indices))
+    cu_seqlens = torch.tensor([0, 1, 2, 4, 10])
+    lightning_attn(**packed(cu_seqlens=cu_seqlens))
+    with pytest.raises(ValueError, match=r"state_indices must be in \[-1, 10\)"):
+        lightning_attn_decode(**decode_inputs(batch=5, rows=10), state_indices=cu_seqlens)
 
 
 def test_float16_on_cpu_is_allowed():
@@ -218,6 +245,8 @@ DECODE_CASES = [
     ("index repeated", dict(state_indices=torch.tensor([2, -1, 2])), ValueError, ["state_indices", "repeat"]),
     ("scale inf", dict(scale=float("inf")), ValueError, ["scale", "inf"]),
     ("requires grad", dict(q=torch.randn(3, 4, 8, requires_grad=True)), ValueError, ["not differentiable", "no_grad"]),
+    ("slope requires grad", dict(slope=build_slopes(4).requires_grad_()), ValueError, ["not differentiable", "slope"]),
+    ("cache requires grad", dict(state_cache=torch.randn(5, 4, 8, 6, requires_grad=True)), ValueError, ["not differentiable", "state_cache"]),
     ("cache rows expanded", dict(state_cache=torch.randn(1, 4, 8, 6).expand(5, 4, 8, 6)), ValueError, ["state_cache", "own memory", "(5, 4, 8, 6)", "(0, 48, 6, 1)"]),
     ("cache rows overlap", dict(state_cache=torch.randn(288).as_strided((5, 4, 8, 6), (24, 48, 6, 1))), ValueError, ["state_cache", "own memory", "(24, 48, 6, 1)"]),
 ]
@@ -232,6 +261,25 @@ def test_bad_decode_input_is_named(changes, error, words):
     for word in words:
         assert word in str(info.value), f"{word!r} missing from: {info.value}"
     assert torch.equal(args["state_cache"], before)
+
+
+def test_decode_cache_made_in_inference_mode():
+    """Written in place, as torch allows an inference tensor only inside inference_mode."""
+    with torch.inference_mode():
+        cache = torch.randn(5, 4, 8, 6)
+    args = {**decode_inputs(), "state_cache": cache}
+    with torch.no_grad(), pytest.raises(ValueError, match="state_cache was made under torch.inference_mode"):
+        lightning_attn_decode(**args)
+    with torch.inference_mode():
+        lightning_attn_decode(**args)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_final_state_of_no_tokens_is_a_copy(device):
+    q, k, v = random_inputs(2, 4, 0, 8, 6, torch.float32, device)
+    initial = torch.randn(2, 4, 8, 6, device=device)
+    _, final = lightning_attn(q, k, v, build_slopes(4, device=device), initial_state=initial, output_final_state=True)
+    assert torch.equal(final, initial) and final.data_ptr() != initial.data_ptr()
 
 
 # (argument, how it is cut from the cache's buffer): float32 elements, or bf16 ones of
