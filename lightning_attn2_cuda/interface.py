@@ -122,11 +122,13 @@ def _check_head_dims(dim_qk, dim_v):
 
 def _check_scale(scale):
     """The kernels take the scale as float32."""
-    try:  # an int or Fraction past float64's range cannot be converted
-        value = float(scale) if isinstance(scale, numbers.Real) and not isinstance(scale, bool) else None
-    except OverflowError:
-        value = math.inf
-    if value is None or not abs(value) <= torch.finfo(torch.float32).max:
+    value = math.nan  # for anything that is not a real number
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+        try:
+            value = float(scale)
+        except OverflowError:  # an int or Fraction past float64's range
+            value = math.inf
+    if not abs(value) <= torch.finfo(torch.float32).max:
         raise ValueError(f"scale must be a real number, finite in float32, got {scale!r}")
     return value
 
