@@ -8,11 +8,14 @@ Environment:
                         since torch's guess from an nvcc wrapper on PATH can be wrong
 """
 import os
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
+# One version, the package's own (read as text: importing the package needs the extension).
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "lightning_attn2_cuda" / "__init__.py").read_text(), re.M)[1]
 
 if "CUDA_HOME" not in os.environ and Path("/usr/local/cuda/bin/nvcc").exists():
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
@@ -41,7 +44,7 @@ sources = ["csrc/api.cpp", "csrc/dispatch.cu", "csrc/chunk_passes.cu", "csrc/dec
 
 setup(
     name="lightning_attn2_cuda",
-    version="0.1.0",
+    version=VERSION,
     description="Lightning Attention-2 (causal linear attention with decay) as CUDA kernels for PyTorch",
     packages=find_packages(include=["lightning_attn2_cuda", "lightning_attn2_cuda.*"]),
     python_requires=">=3.9",

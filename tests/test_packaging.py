@@ -1,11 +1,14 @@
 """The sdist builds on its own: every file the extension's sources include is in it
 (setuptools packs the listed sources but none of their headers unless MANIFEST.in names
-them, and a wheel built from such an sdist failed at the first #include)."""
+them, and a wheel built from such an sdist failed at the first #include); and it carries
+the package's version."""
 import re
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+import lightning_attn2_cuda
 
 ROOT = Path(__file__).resolve().parent.parent
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
@@ -36,6 +39,7 @@ def test_sdist_holds_every_included_file(tmp_path):
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
     (archive,) = tmp_path.glob("*.tar.gz")
+    assert archive.name == f"lightning_attn2_cuda-{lightning_attn2_cuda.__version__}.tar.gz", archive.name
     with tarfile.open(archive) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     sources = sorted(n for n in names if n.startswith("csrc/") and n.endswith((".cu", ".cpp")))
