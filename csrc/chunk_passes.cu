@@ -216,9 +216,14 @@ __global__ void __launch_bounds__(kPackThreads)
 // One CTA per part of a slab, `parts` per (candidate, head, v slice) of each chunked
 // problem: turns the chunk states X_c (chunk c's keys and values from a zero state)
 // of the candidate's sequence into the states entering chunks 1, 2, ...:
-// E_1 = X_0,  E_{c+1} = lambda^L E_c + X_c, in place.
+// E_1 = X_0,  E_{c+1} = lambda^L E_c + X_c, in place, with L tokens per chunk.
+// The derivative sweep's slabs hold S' beside the state (X'_c, also from zero), whose
+// entering values follow as a block's do in update_state, over L tokens:
+// E'_1 = X'_0,  E'_{c+1} = lambda^L (E'_c + derivative_scale L E_c) + X'_c.
+template <bool kDerivative>
 __global__ void __launch_bounds__(kPrefixThreads)
     chunk_prefix_kernel(const __grid_constant__ LinearAttnBatch batch, int heads, int v_tiles_per_head, int parts) {
+    constexpr int kStates = kDerivative ? 2 : 1;
     const LinearAttnParams& p = batch.problems[blockIdx.y];
     const ChunkPlan& plan = batch.chunks[blockIdx.y];
     const int part = blockIdx.x % parts;
@@ -232,29 +237,48 @@ __global__ void __launch_bounds__(kPrefixThreads)
     const int num_chunks = sequence_chunk(p, plan, n, 0).num_chunks;
     if (num_chunks <= 1) return;
     const double slope = p.slope != nullptr ? double(p.slope[h]) : 0.0;
-    const float chunk_decay = float(exp(-slope * double(plan.chunk_blocks) * kSweepBlockN));
+    const double chunk_decay = exp(-slope * double(plan.chunk_blocks) * kSweepBlockN);
+    const float decay = float(chunk_decay);
+    // lambda^L derivative_scale L: the weight of E_c in E'_{c+1}.
+    const float state_in_derivative =
+        kDerivative ? float(chunk_decay * double(p.derivative_scale[h]) * (double(plan.chunk_blocks) * kSweepBlockN))
+                    : 0.f;
     const int64_t first_slot = chunk_slot(p, plan, n, 0);
-    auto slab = [&](int c) {
+    // State `state` (0: the state, 1: S') of chunk c's slab (see chunk_state_slab).
+    auto slab = [&](int c, int state) {
         return reinterpret_cast<float4*>(
-            plan.chunk_states + (((first_slot + c) * p.heads + h) * batch.v_tiles[blockIdx.y] + v_tile) * batch.state_elems);
+            plan.chunk_states +
+            ((((first_slot + c) * p.heads + h) * batch.v_tiles[blockIdx.y] + v_tile) * kStates + state) *
+                batch.state_elems);
+    };
+    auto axpy = [](float a, float4 x, float4 y) {
+        return make_float4(a * x.x + y.x, a * x.y + y.y, a * x.z + y.z, a * x.w + y.w);
     };
     // The chain over chunks is sequential per element: its loads go kLoadsInFlight
-    // chunks at a time, all issued before the first is used, so that it waits for
-    // memory once per group of chunks rather than once per chunk.
+    // at a time, all issued before the first is used, so that it waits for memory
+    // once per group of chunks rather than once per chunk.
     constexpr int kLoadsInFlight = 8;
+    constexpr int kChunksInFlight = kLoadsInFlight / kStates;
     for (int i = part * kPrefixThreads + threadIdx.x; i < batch.state_elems / 4; i += parts * kPrefixThreads) {
-        float4 entering = slab(0)[i];
-        for (int c0 = 1; c0 < num_chunks - 1; c0 += kLoadsInFlight) {
-            float4 x[kLoadsInFlight];
+        float4 entering[kStates];
 #pragma unroll
-            for (int j = 0; j < kLoadsInFlight; ++j)
-                if (c0 + j < num_chunks - 1) x[j] = slab(c0 + j)[i];
+        for (int state = 0; state < kStates; ++state) entering[state] = slab(0, state)[i];
+        for (int c0 = 1; c0 < num_chunks - 1; c0 += kChunksInFlight) {
+            float4 x[kChunksInFlight][kStates];
 #pragma unroll
-            for (int j = 0; j < kLoadsInFlight; ++j) {
+            for (int j = 0; j < kChunksInFlight; ++j) {
+#pragma unroll
+                for (int state = 0; state < kStates; ++state)
+                    if (c0 + j < num_chunks - 1) x[j][state] = slab(c0 + j, state)[i];
+            }
+#pragma unroll
+            for (int j = 0; j < kChunksInFlight; ++j) {
                 if (c0 + j < num_chunks - 1) {
-                    entering = make_float4(chunk_decay * entering.x + x[j].x, chunk_decay * entering.y + x[j].y,
-                                           chunk_decay * entering.z + x[j].z, chunk_decay * entering.w + x[j].w);
-                    slab(c0 + j)[i] = entering;
+                    if constexpr (kDerivative)
+                        entering[1] = axpy(decay, entering[1], axpy(state_in_derivative, entering[0], x[j][1]));
+                    entering[0] = axpy(decay, entering[0], x[j][0]);
+#pragma unroll
+                    for (int state = 0; state < kStates; ++state) slab(c0 + j, state)[i] = entering[state];
                 }
             }
         }
@@ -285,8 +309,10 @@ cudaError_t launch_chunk_prefix(const LinearAttnBatch& batch, int num_sms, cudaS
     const int parts = int(std::max<int64_t>(1, std::min<int64_t>(slab_parts, 4 * int64_t(num_sms) / slabs)));
     const int64_t ctas = slabs * parts;
     if (ctas > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    chunk_prefix_kernel<<<dim3(unsigned(ctas), batch.num_problems), kPrefixThreads, 0, stream>>>(
-        batch, heads, v_tiles_per_head, parts);
+    // A launch group's problems share their tiles, so all or none are derivative sweeps.
+    auto kernel = batch.problems[0].decay_derivative ? chunk_prefix_kernel<true> : chunk_prefix_kernel<false>;
+    kernel<<<dim3(unsigned(ctas), batch.num_problems), kPrefixThreads, 0, stream>>>(batch, heads, v_tiles_per_head,
+                                                                                   parts);
     return cudaGetLastError();
 }
 

@@ -119,8 +119,9 @@ int sweep_slots(DType dtype, TileConfig tiles, int num_sms) {
 // spread over the slots, but no shorter than one chunk) plus, when cut, the state
 // pass over all chunks but the last, at kStatePassCost of an output block each.
 double sweep_estimate(int64_t jobs, int64_t blocks, int64_t chunks, int64_t slots) {
-    // A state-pass block does one of the output block's three tile products and loads
-    // two of its three tiles; measured on the H200 it takes about half the time.
+    // A state-pass block does one of the output block's three tile products (the
+    // derivative sweep's: two of six) and loads two of its three tiles; measured on the
+    // H200 it takes about half the time (the derivative's state pass is not measured).
     constexpr double kStatePassCost = 0.5;
     const double chunk = double((blocks + chunks - 1) / chunks);
     const double output = std::max(double(jobs) * double(blocks) / double(slots), chunk);
@@ -151,17 +152,13 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
     const int64_t slots = sweep_slots(dtype, tiles, num_sms);
     const int64_t per_chunk_row = int64_t(num_problems) * p.heads * plan.v_tiles;
     const int64_t wanted_rows = (slots + per_chunk_row - 1) / per_chunk_row;
-    // The derivative sweep has no chunk passes: each sequence is one job of the relay
-    // (which may still hand it from one CTA to the next at a segment boundary).
-    const bool may_chunk = !p.decay_derivative;
     if (p.cu_seqlens == nullptr) {
         // Up to wanted_rows chunk rows, which fill every slot; as many as the
         // estimate finds fastest.
         const int num_blocks = blocks_of(p.seqlen);
         const int64_t jobs = per_chunk_row * p.batch;
-        const int64_t most = may_chunk ? std::min<int64_t>((wanted_rows + p.batch - 1) / p.batch,
-                                                           std::max(1, num_blocks / kMinChunkBlocks))
-                                       : 1;
+        const int64_t most =
+            std::min<int64_t>((wanted_rows + p.batch - 1) / p.batch, std::max(1, num_blocks / kMinChunkBlocks));
         int64_t num_chunks = 1;
         for (int64_t c = 2; c <= most; ++c)
             if (sweep_estimate(jobs, num_blocks, c, slots) < sweep_estimate(jobs, num_blocks, num_chunks, slots))
@@ -176,8 +173,7 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
         // kBlockN tokens: at most seqlen / L of them not last.
         const int64_t seq_blocks = blocks_of(p.seqlen);
         const int64_t blocks = seq_blocks + p.num_seqs;
-        const int64_t chunk_blocks =
-            may_chunk ? std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows) : blocks;
+        const int64_t chunk_blocks = std::max<int64_t>(kMinChunkBlocks, (blocks + wanted_rows - 1) / wanted_rows);
         // No sequence is longer than seqlen, so seq_blocks + 1 blocks cut none, as does
         // any longer chunk; the cap keeps chunk_blocks * kBlockN within an int however
         // many sequences there are.
@@ -206,8 +202,10 @@ SweepPlan plan_with_tiles(const LinearAttnParams& p, DType dtype, TileConfig til
                           (plan.job_blocks > 0 ? aligned(size_t(seq_blocks + p.num_seqs) * sizeof(uint64_t)) : 0);
     }
     plan.chunked = plan.state_chunks > 0;
-    plan.state_bytes = aligned(size_t(plan.state_chunks) * p.heads * plan.v_tiles * tiles.head_dim_qk * tiles.tile_v *
-                               sizeof(float));
+    // A chunk's state, and the derivative sweep's S' beside it.
+    const size_t states = tiles.decay_derivative ? 2 : 1;
+    plan.state_bytes = aligned(size_t(plan.state_chunks) * p.heads * plan.v_tiles * states * tiles.head_dim_qk *
+                               tiles.tile_v * sizeof(float));
     return plan;
 }
 
@@ -253,6 +251,11 @@ struct CallPlan {
 
 cudaError_t plan_call(const LinearAttnParams* problems, int num_problems, DType dtype, CallPlan& call) {
     if (num_problems < 1 || num_problems > kMaxProblems) return cudaErrorInvalidValue;
+    // The derivative sweep differentiates a start from S_{-1} decayed at the first step
+    // (update_state's and block_output's weights take no shift): the backward's dq_decay
+    // problem never has an undecayed one.
+    for (int i = 0; i < num_problems; ++i)
+        if (problems[i].decay_derivative && problems[i].initial_state_undecayed) return cudaErrorInvalidValue;
     int device = 0, num_sms = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);

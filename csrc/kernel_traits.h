@@ -72,7 +72,7 @@ struct KernelTraits {
     // waiting on loads after all; the state pass went ~6% faster (perf.md v12).
     static constexpr int kStateStages = sizeof(T) == 2 ? 4 : 2;
     static constexpr size_t kStatePassSmemBytes =
-        kStateStages * (kQKTileElems + kVTileElems) * sizeof(T) + kKeyDecayTableBytes + kTableBytes;
+        kStateStages * (kQKTileElems + kVTileElems) * sizeof(T) + kStates * kKeyDecayTableBytes + kTableBytes;
 
     // The fewest CTAs per SM the registers must allow (__launch_bounds__), which caps
     // the registers of a thread. Left to itself, ptxas fit several tiles into 128 (or 96)

@@ -41,7 +41,8 @@ struct ChunkPlan {
     // row r, in the sweep's direction of time (a reversed sweep's sequences start at
     // their last tokens). The output pass resets the recurrence there.
     uint64_t* row_starts;
-    // [chunks that are not last in their sequence][heads][v tiles][state slab], fp32;
+    // [chunks that are not last in their sequence][heads][v tiles][states][state slab],
+    // fp32 (states: the state, then the derivative sweep's S');
     // the slot of chunk c of sequence n is chunk_start[n] - n + c
     // (n * (chunks_per_seq - 1) + c for equal-length batches).
     float* chunk_states;

@@ -46,7 +46,7 @@ struct StateTensor {
 //   o_t = scale q_t S'_t,  S'_t = -derivative_scale[h] dS_t/dslope
 //       = derivative_scale[h] (sum_{s <= t} (t-s) lambda^(t-s) kv_scale k_s^T v_s + (t+1) lambda^(t+1) S_{-1}),
 // and final_state = S'_{last}: the slope gradient without cancellation (see
-// backward in api.cpp). Such a problem is never cut into chunks.
+// backward in api.cpp). It takes no initial_state_undecayed (run_linear_attn refuses it).
 struct LinearAttnParams {
     StridedTensor q;  // [batch, heads, seqlen, dim_qk]
     StridedTensor k;  // [batch, heads, seqlen, dim_qk]

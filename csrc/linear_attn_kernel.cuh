@@ -135,8 +135,6 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     constexpr int kHeadDimQK = Traits::kHeadDimQK;
     constexpr int kTileV = Traits::kTileV;
     constexpr bool state_pass = kPass == SweepPass::kState;
-    // The derivative sweep is never cut into chunks (plan_with_tiles): no state pass.
-    static_assert(!(state_pass && Traits::kDecayDerivative), "the derivative sweep has no state pass");
     // Jobs of several sequences are for the output pass of calls without states.
     static_assert(!(kJobs && (state_pass || Traits::kDecayDerivative)), "jobs are output-pass only");
     // Load stages: blocks in flight, kStages - 1 of them ahead of the one in use.
@@ -150,6 +148,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
     constexpr int kStateMT = Traits::kStateRowsPerWarp / 16;
     constexpr int kStateNT = Traits::kStateColsPerWarp / 8;
     constexpr bool kDerivative = Traits::kDecayDerivative;
+    // Floats of one state in a workspace slab (chunk states, relay hand-offs), which
+    // holds Traits::kStates of them: the state, then (derivative sweep) S'.
+    constexpr int kStateSlab = kHeadDimQK * kTileV;
 
     // ---- the work of this CTA: one chunk (state pass), or a relay segment
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -315,16 +316,17 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         };
         auto state_col = [&](int nt, int i) { return state_col0 + 8 * nt + 2 * t + i % 2; };
         // A chunk's state slab in the workspace, in register-fragment order so that
-        // each thread reads back exactly what it wrote, coalesced.
+        // each thread reads back exactly what it wrote, coalesced: the state, then
+        // (derivative sweep) S'.
         auto chunk_state_slab = [&](int c) {
             return plan.chunk_states +
                    ((chunk_slot(p, plan, work.seq, c) * p.heads + h) * batch.v_tiles[piece.problem] + v_tile) *
-                       (kHeadDimQK * kTileV);
+                       (Traits::kStates * kStateSlab);
         };
         // The relay hand-off of segment `from`: the state, then (derivative sweep) S'.
         auto handoff_slab = [&](int from) {
             return batch.relay.handoff_states +
-                   (int64_t(from) * v_tiles_per_head + v_tile) * (Traits::kStates * kHeadDimQK * kTileV);
+                   (int64_t(from) * v_tiles_per_head + v_tile) * (Traits::kStates * kStateSlab);
         };
         auto handoff_ready = [&](int from) { return batch.relay.handoff_ready + int64_t(from) * v_tiles_per_head + v_tile; };
         auto slab_index = [&](int mt, int nt, int i) { return ((mt * kStateNT + nt) * 4 + i) * kThreads + threadIdx.x; };
@@ -363,25 +365,34 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
             // The state left by the chunk's previous piece, at the start of the next segment.
             wait_for_handoff(handoff_ready(segment.segment + 1));
             const float* slab = handoff_slab(segment.segment + 1);
-            constexpr int kSlab = kHeadDimQK * kTileV;
             for_each_state_element([&](int mt, int nt, int i) {
                 state[mt][nt][i] = __ldcg(slab + slab_index(mt, nt, i));
-                if constexpr (kDerivative) state_derivative[mt][nt][i] = __ldcg(slab + kSlab + slab_index(mt, nt, i));
+                if constexpr (kDerivative) state_derivative[mt][nt][i] = __ldcg(slab + kStateSlab + slab_index(mt, nt, i));
             });
             copy_state_to_smem();
         } else if (!state_pass && !enters_from_zero) {
             // The state entering this chunk: the chunk states of the prefix pass (earlier
             // chunks, from zero) plus the initial state decayed over the chunks before,
-            // lambda^(c L - shift) S_{-1} with L tokens per chunk.
+            // lambda^(c L - shift) S_{-1} with L tokens per chunk; for the derivative sweep
+            // also S', whose initial-state term is that decay's derivative,
+            // derivative_scale (c L - shift) lambda^(c L - shift) S_{-1} (0 at chunk 0).
             if (chunk > 0) {
                 const float* slab = chunk_state_slab(chunk - 1);
-                for_each_state_element([&](int mt, int nt, int i) { state[mt][nt][i] = slab[slab_index(mt, nt, i)]; });
+                for_each_state_element([&](int mt, int nt, int i) {
+                    state[mt][nt][i] = slab[slab_index(mt, nt, i)];
+                    if constexpr (kDerivative) state_derivative[mt][nt][i] = slab[kStateSlab + slab_index(mt, nt, i)];
+                });
             }
             if (p.initial_state.ptr != nullptr) {
                 const int64_t decay_steps = int64_t(chunk) * plan.chunk_blocks * kBlockN - (chunk > 0 ? initial_shift : 0);
-                const float initial_decay = float(exp(-slope * double(decay_steps)));
+                const double initial_decay = exp(-slope * double(decay_steps));
+                const float state_weight = float(initial_decay);
+                const float derivative_weight = float(double(derivative_scale) * double(decay_steps) * initial_decay);
                 for_each_state_element([&](int mt, int nt, int i) {
-                    if (const float* x = state_element(p.initial_state, mt, nt, i)) state[mt][nt][i] += initial_decay * *x;
+                    if (const float* x = state_element(p.initial_state, mt, nt, i)) {
+                        state[mt][nt][i] += state_weight * *x;
+                        if constexpr (kDerivative) state_derivative[mt][nt][i] += derivative_weight * *x;
+                    }
                 });
             }
             copy_state_to_smem();
@@ -589,13 +600,15 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinCtasPerSm)
         // state for the chunk's next piece (relay), or the sequence's final state
         if constexpr (state_pass) {
             float* slab = chunk_state_slab(chunk);
-            for_each_state_element([&](int mt, int nt, int i) { slab[slab_index(mt, nt, i)] = state[mt][nt][i]; });
+            for_each_state_element([&](int mt, int nt, int i) {
+                slab[slab_index(mt, nt, i)] = state[mt][nt][i];
+                if constexpr (kDerivative) slab[kStateSlab + slab_index(mt, nt, i)] = state_derivative[mt][nt][i];
+            });
         } else if (piece.handoff_to >= 0) {
             float* slab = handoff_slab(piece.handoff_to);
-            constexpr int kSlab = kHeadDimQK * kTileV;
             for_each_state_element([&](int mt, int nt, int i) {
                 __stcg(slab + slab_index(mt, nt, i), state[mt][nt][i]);
-                if constexpr (kDerivative) __stcg(slab + kSlab + slab_index(mt, nt, i), state_derivative[mt][nt][i]);
+                if constexpr (kDerivative) __stcg(slab + kStateSlab + slab_index(mt, nt, i), state_derivative[mt][nt][i]);
             });
             signal_handoff(handoff_ready(piece.handoff_to));
         } else if (last_chunk && p.final_state.ptr != nullptr) {
@@ -623,14 +636,13 @@ cudaError_t launch_linear_attn_sweep(const LinearAttnBatch& batch, SweepPass pas
     const bool state_pass = pass == SweepPass::kState;
     auto kernel = linear_attn_sweep_kernel<Traits, SweepPass::kOutput, false>;
     size_t smem_bytes = Traits::kSmemBytes;
-    if constexpr (kDecayDerivative) {
-        if (state_pass) return cudaErrorInvalidValue;  // never cut into chunks (plan_with_tiles)
-    } else if (state_pass) {
+    if (state_pass) {
         kernel = linear_attn_sweep_kernel<Traits, SweepPass::kState, false>;
         smem_bytes = Traits::kStatePassSmemBytes;
-    } else if (std::any_of(batch.chunks, batch.chunks + batch.num_problems,
-                           [](const ChunkPlan& plan) { return plan.job_blocks > 0; })) {
-        kernel = linear_attn_sweep_kernel<Traits, SweepPass::kOutput, true>;
+    } else if constexpr (!kDecayDerivative) {
+        if (std::any_of(batch.chunks, batch.chunks + batch.num_problems,
+                        [](const ChunkPlan& plan) { return plan.job_blocks > 0; }))
+            kernel = linear_attn_sweep_kernel<Traits, SweepPass::kOutput, true>;
     }
     int heads = 0, v_tiles_per_head = 0;
     int64_t state_chunks = 0;

@@ -1,7 +1,7 @@
 """The workload compute-sanitizer checks (run by scripts/sanitize.sh): forward and
 backward, equal-length and packed batches, states in and out, the slope gradient and
-the decode step, at small odd shapes in every dtype; packed sequences cut into chunks
-and, with max_seqlen, not; sequences entering from a zero state and from a given one."""
+the decode step, at small odd shapes in every dtype; sequences cut into chunks (the
+slope derivative's too) and, packed with max_seqlen, not; sequences entering from a zero state and from a given one."""
 import torch
 
 from lightning_attn2_cuda import build_slopes, lightning_attn, lightning_attn_decode
@@ -35,9 +35,14 @@ def main():
             (o0.float() * torch.randn_like(o0.float())).sum().backward()
             for x in (o0, q0.grad, k0.grad, v0.grad, rates0.grad):
                 check(x)
-            # long enough with one head to be cut into chunks (state, prefix, output passes)
+            # long enough with one head to be cut into chunks (state, prefix, output passes),
+            # the slope derivative's sweep too
             ql, kl, vl = (torch.randn(1, 1, 3000, d, device="cuda", dtype=dtype) for d in (DIM_QK, DIM_QK, DIM_V))
-            check(lightning_attn(ql, kl, vl, slope[:1], initial_state=torch.randn(1, 1, DIM_QK, DIM_V, device="cuda")))
+            rate = slope[:1].clone().requires_grad_(True)
+            ol = lightning_attn(ql, kl, vl, rate, initial_state=torch.randn(1, 1, DIM_QK, DIM_V, device="cuda"))
+            (ol.float() * torch.randn_like(ol.float())).sum().backward()
+            check(ol)
+            check(rate.grad)
             # the same tokens packed: cut into chunks, and (with max_seqlen) uncut; 59 short
             # sequences and a long one, more sequences than chunks (the prefix pass's candidates)
             for bounds, max_seqlen in (

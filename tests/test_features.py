@@ -128,11 +128,14 @@ def test_states_and_packing_match_float64(device, dtype, shape, decay, initial_s
 # The slope gradient's sweep (the derivative tiles) has a tile per padded head dim and
 # dtype, each with its own register layout (at D 256 the state update goes a k-step at
 # a time, KernelTraits::kStateUpdateKSteps); SHAPES reach D 32, 64 and 128 only. 200
-# tokens end in a partial block, from an initial state and with a loss on the final one.
+# tokens end in a partial block, from an initial state and with a loss on the final one;
+# 2100 tokens (33 blocks, 8 jobs) are cut into chunks, the derivative's state pass and
+# prefix included.
+@pytest.mark.parametrize("seqlen", [200, 2100], ids=["one-chunk", "chunked"])
 @pytest.mark.parametrize("dim_qk", [32, 64, 128, 256])
 @pytest.mark.parametrize("device, dtype", DEVICES_AND_DTYPES[1:], ids=IDS[1:])
-def test_slope_gradient_every_head_dim(device, dtype, dim_qk, poison_allocations):
-    assert_matches_float64((2, 2, None, 200, dim_qk, 40), dtype, device, "alibi")
+def test_slope_gradient_every_head_dim(device, dtype, dim_qk, seqlen, poison_allocations):
+    assert_matches_float64((2, 2, None, seqlen, dim_qk, 40), dtype, device, "alibi")
 
 
 @pytest.mark.parametrize("max_seqlen", [1024, 5648, 2**70])
