@@ -38,35 +38,41 @@ __device__ __forceinline__ V shfl_down(V x, int offset) {
     return __shfl_down_sync(0xffffffffu, x, offset);
 }
 
-// The threads that pack a problem's sequences: the CTA, or its first warp when the
-// sequences are few (then the CTA's barriers would cost more than the packing; the
-// other warps only zero the relay's flags). `sync` is the team's barrier.
-template <int kThreads>
-struct PackTeam {
-    static_assert(kThreads == 32 || kThreads == kPackThreads, "one warp, or the CTA");
-    static constexpr int kWarps = kThreads / 32;
-    static __device__ __forceinline__ void sync() {
-        if constexpr (kWarps == 1) __syncwarp();
-        else __syncthreads();
-    }
-};
-// One warp packs up to one entry of cu_seqlens per lane. With more, each lane's walks
-// over its entries run in series, and already at three per lane (64 sequences) they
-// cost more than the CTA's barriers: 6.8 -> 10.4 us on an H100 (perf.md, v21).
+// One warp packs a problem of fewer than kWarpPackEntries sequences, an entry of
+// cu_seqlens per lane (pack_few_sequences); more take the CTA (pack_sequences).
 constexpr int kWarpPackEntries = 32;
 
-// Exclusive scan over the team's threads of `x` under `op` (identity `zero`), in
+// Entry n of a packed problem's cu_seqlens, clamped to [0, seqlen].
+__device__ __forceinline__ int clamped_cu_seqlen(const LinearAttnParams& p, int n) {
+    const int64_t x = p.cu_seqlens_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[n]
+                                         : static_cast<const int32_t*>(p.cu_seqlens)[n];
+    return int(x < 0 ? 0 : x > p.seqlen ? p.seqlen : x);
+}
+
+// Chunks, relay cost and longest chunk of a job of `blocks` blocks (at its first
+// sequence), and of a later sequence of a job, which adds its chunks alone.
+__device__ __forceinline__ PackedCounts job_counts(const ChunkPlan& plan, int blocks) {
+    return {chunks_of(blocks, plan.chunk_blocks), relay_cost(blocks),
+            relay_cost(longest_chunk_of(blocks, plan.chunk_blocks))};
+}
+__device__ __forceinline__ PackedCounts later_sequence_counts(const ChunkPlan& plan, int blocks) {
+    return {chunks_of(blocks, plan.chunk_blocks), 0, 1};
+}
+constexpr PackedCounts kNoCounts{0, 0, 1};
+
+// Exclusive scan over the CTA's threads of `x` under `op` (identity `zero`), in
 // ascending thread order, or descending with kReverse (what comes after each thread);
-// `total` gets the reduction of all. Every thread of the team calls it. Warp
-// shuffles, then for the CTA one warp over the warps' totals: three barriers (the
-// pass is on every packed call's critical path).
-template <int kThreads, bool kReverse = false, typename V, typename Op>
-__device__ V team_exclusive_scan(V x, V zero, Op op, V* total) {
-    using Team = PackTeam<kThreads>;
-    __shared__ V warp_totals[Team::kWarps];
+// `total` gets the reduction of all. Every thread calls it. Warp shuffles, then one
+// warp over the warps' totals: three barriers (the pass is on every packed call's
+// critical path).
+template <bool kReverse = false, typename V, typename Op>
+__device__ V cta_exclusive_scan(V x, V zero, Op op, V* total) {
+    constexpr int kWarps = kPackThreads / 32;
+    static_assert(kWarps == 32, "one full warp scans the warps' totals");
+    __shared__ V warp_totals[kWarps];
     // Positions in the scan's order.
     const int lane = kReverse ? 31 - int(threadIdx.x % 32) : int(threadIdx.x % 32);
-    const int warp = kReverse ? Team::kWarps - 1 - int(threadIdx.x / 32) : int(threadIdx.x / 32);
+    const int warp = kReverse ? kWarps - 1 - int(threadIdx.x / 32) : int(threadIdx.x / 32);
     // The value `offset` positions earlier in the scan's order (for reverse, a higher lane).
     auto earlier = [](V value, int offset, auto reverse) {
         if constexpr (decltype(reverse)::value) return shfl_down(value, offset);
@@ -82,17 +88,14 @@ __device__ V team_exclusive_scan(V x, V zero, Op op, V* total) {
     constexpr std::bool_constant<kReverse> kOrder{};
     const V inclusive = warp_inclusive_scan(x, lane, kOrder);
     if (lane == 31) warp_totals[warp] = inclusive;
-    Team::sync();
-    if constexpr (Team::kWarps > 1) {
-        static_assert(Team::kWarps == 32, "one full warp scans the warps' totals");
-        if (threadIdx.x < 32)
-            warp_totals[threadIdx.x] = warp_inclusive_scan(warp_totals[threadIdx.x], threadIdx.x, std::false_type{});
-        Team::sync();
-    }
+    __syncthreads();
+    if (threadIdx.x < 32)
+        warp_totals[threadIdx.x] = warp_inclusive_scan(warp_totals[threadIdx.x], threadIdx.x, std::false_type{});
+    __syncthreads();
     const V before_lane = earlier(inclusive, 1, kOrder);
     const V exclusive = op(warp > 0 ? warp_totals[warp - 1] : zero, lane > 0 ? before_lane : zero);
-    *total = warp_totals[Team::kWarps - 1];
-    Team::sync();  // warp_totals is reused by the next call
+    *total = warp_totals[kWarps - 1];
+    __syncthreads();  // warp_totals is reused by the next call
     return exclusive;
 }
 
@@ -104,20 +107,13 @@ __device__ V team_exclusive_scan(V x, V zero, Op op, V* total) {
 // and of the jobs' relay costs (counted at each job's first sequence); longest_chunk
 // the largest cost of one chunk; row_starts marks where the sequences of jobs of
 // several start.
-// Each thread of the team packs a run of entries: scans over the runs, and each value
-// that crosses runs goes through global memory once, behind the team's barrier.
-template <int kThreads>
+// Each thread of the CTA packs a run of entries: scans over the runs, and each value
+// that crosses runs goes through global memory once, behind a barrier.
 __device__ void pack_sequences(const LinearAttnParams& p, const ChunkPlan& plan) {
-    using Team = PackTeam<kThreads>;
     const int entries = p.num_seqs + 1;
-    const int per_thread = (entries + kThreads - 1) / kThreads;
+    const int per_thread = (entries + kPackThreads - 1) / kPackThreads;
     const int begin = min(int(threadIdx.x) * per_thread, entries);
     const int end = min(begin + per_thread, entries);
-    auto clamped_cu = [&](int n) {
-        const int64_t x = p.cu_seqlens_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[n]
-                                             : static_cast<const int32_t*>(p.cu_seqlens)[n];
-        return int(x < 0 ? 0 : x > p.seqlen ? p.seqlen : x);
-    };
     auto min_op = [](int a, int b) { return min(a, b); };
     auto max_op = [](int a, int b) { return max(a, b); };
     int unused = 0;
@@ -125,15 +121,15 @@ __device__ void pack_sequences(const LinearAttnParams& p, const ChunkPlan& plan)
     // seq_start: a running maximum over the entries. The run's last sequence ends at
     // the next run's first start, which this thread computes as well.
     int run_max = 0;
-    for (int n = begin; n < end; ++n) run_max = max(run_max, clamped_cu(n));
-    const int start_before = team_exclusive_scan<kThreads>(run_max, 0, max_op, &unused);
-    const int end_start = end < entries ? max(max(start_before, run_max), clamped_cu(end)) : 0;
+    for (int n = begin; n < end; ++n) run_max = max(run_max, clamped_cu_seqlen(p, n));
+    const int start_before = cta_exclusive_scan(run_max, 0, max_op, &unused);
+    const int end_start = end < entries ? max(max(start_before, run_max), clamped_cu_seqlen(p, end)) : 0;
     // The run's entries in order: f(n, seq_start[n - 1], seq_start[n], seq_start[n + 1])
     // (for the last entry, which starts no sequence, its own start as the next).
     auto walk_run = [&](auto&& f) {
         for (int n = begin, prev = start_before, start = start_before; n < end; ++n) {
-            start = max(start, clamped_cu(n));
-            const int next = n + 1 < end ? max(start, clamped_cu(n + 1)) : n == p.num_seqs ? start : end_start;
+            start = max(start, clamped_cu_seqlen(p, n));
+            const int next = n + 1 < end ? max(start, clamped_cu_seqlen(p, n + 1)) : n == p.num_seqs ? start : end_start;
             f(n, prev, start, next);
             prev = start;
         }
@@ -148,29 +144,26 @@ __device__ void pack_sequences(const LinearAttnParams& p, const ChunkPlan& plan)
         plan.job_end[n] = mark ? n : -1;
         if (mark) first_mark = min(first_mark, n);
     });
-    const int mark_after_run = team_exclusive_scan<kThreads, true>(first_mark, entries, min_op, &unused);
+    const int mark_after_run = cta_exclusive_scan<true>(first_mark, entries, min_op, &unused);
     for (int n = end - 1, next_mark = mark_after_run; n >= begin; --n) {
         const bool mark = plan.job_end[n] == n;
         if (n < p.num_seqs) plan.job_end[n] = next_mark;
         if (mark) next_mark = n;
     }
-    Team::sync();  // seq_start and job_end, read across runs below
+    __syncthreads();  // seq_start and job_end, read across runs below
     auto first_of_job = [&](int n) { return n == 0 || plan.job_end[n - 1] == n; };
 
     // Chunks per sequence; relay cost and longest chunk per job, at its first sequence.
-    const PackedCounts none{0, 0, 1};
     auto counts_of = [&](int n, int start, int next) {
-        if (n == p.num_seqs) return none;
-        if (!first_of_job(n)) return PackedCounts{chunks_of(blocks_of(next - start), plan.chunk_blocks), 0, 1};
-        const int blocks = blocks_of(plan.seq_start[plan.job_end[n]] - start);
-        return PackedCounts{chunks_of(blocks, plan.chunk_blocks), relay_cost(blocks),
-                            relay_cost(longest_chunk_of(blocks, plan.chunk_blocks))};
+        if (n == p.num_seqs) return kNoCounts;
+        if (!first_of_job(n)) return later_sequence_counts(plan, blocks_of(next - start));
+        return job_counts(plan, blocks_of(plan.seq_start[plan.job_end[n]] - start));
     };
-    PackedCounts run = none;
+    PackedCounts run = kNoCounts;
     walk_run([&](int n, int, int start, int next) { run = combine(run, counts_of(n, start, next)); });
     PackedCounts total{};
-    PackedCounts before = team_exclusive_scan<kThreads>(
-        run, none, [](PackedCounts a, PackedCounts b) { return combine(a, b); }, &total);
+    PackedCounts before = cta_exclusive_scan(
+        run, kNoCounts, [](PackedCounts a, PackedCounts b) { return combine(a, b); }, &total);
     walk_run([&](int n, int, int start, int next) {
         plan.chunk_start[n] = before.chunks;
         plan.relay_start[n] = before.cost;
@@ -184,9 +177,9 @@ __device__ void pack_sequences(const LinearAttnParams& p, const ChunkPlan& plan)
     int last_first = -1;  // of the run's jobs
     for (int n = begin; n < end; ++n)
         if (n < p.num_seqs && first_of_job(n)) last_first = n;
-    int first = team_exclusive_scan<kThreads>(last_first, -1, max_op, &unused);
-    for (int64_t i = threadIdx.x; i < total.cost; i += kThreads) plan.row_starts[i] = 0;
-    Team::sync();  // relay_start and the zeroed row_starts
+    int first = cta_exclusive_scan(last_first, -1, max_op, &unused);
+    for (int64_t i = threadIdx.x; i < total.cost; i += kPackThreads) plan.row_starts[i] = 0;
+    __syncthreads();  // relay_start and the zeroed row_starts
     walk_run([&](int n, int, int start, int next) {
         if (n == p.num_seqs) return;
         if (first_of_job(n)) first = n;
@@ -201,16 +194,78 @@ __device__ void pack_sequences(const LinearAttnParams& p, const ChunkPlan& plan)
     });
 }
 
+// pack_sequences for fewer than kWarpPackEntries sequences, by the first warp, entry n
+// of cu_seqlens in lane n: every value that crosses entries passes by a shuffle or a
+// ballot, so that nothing is stored and read back (pack_sequences' runs exchange
+// seq_start and job_end through global memory, a chain of dependent accesses that
+// was most of a warp's 3.8 us on an H100: perf.md v21).
+__device__ void pack_few_sequences(const LinearAttnParams& p, const ChunkPlan& plan) {
+    constexpr unsigned kAll = 0xffffffffu;
+    const int n = threadIdx.x;
+    const bool is_entry = n <= p.num_seqs, is_sequence = n < p.num_seqs;
+    // seq_start: a running maximum (lanes past the last entry repeat it).
+    int start = is_entry ? clamped_cu_seqlen(p, n) : 0;
+    for (int offset = 1; offset < 32; offset *= 2) {
+        const int earlier = shfl_up(start, offset);
+        if (n >= offset) start = max(start, earlier);
+    }
+    const int prev = shfl_up(start, 1), next = shfl_down(start, 1);
+    // A job's first sequence and the last entry are marked; job_end is the next mark.
+    const bool mark = n == 0 || !is_sequence || !joins_previous_job(plan.job_blocks, prev, start, next);
+    const unsigned marks = __ballot_sync(kAll, mark);
+    const int job_end = is_sequence ? __ffs(marks >> (n + 1)) + n : p.num_seqs;
+    const int job_end_start = __shfl_sync(kAll, start, job_end);
+    PackedCounts counts = kNoCounts;
+    if (is_sequence)
+        counts = mark ? job_counts(plan, blocks_of(job_end_start - start))
+                      : later_sequence_counts(plan, blocks_of(next - start));
+    PackedCounts inclusive = counts;
+    for (int offset = 1; offset < 32; offset *= 2) {
+        const PackedCounts earlier = shfl_up(inclusive, offset);
+        if (n >= offset) inclusive = combine(earlier, inclusive);
+    }
+    const PackedCounts earlier = shfl_up(inclusive, 1);
+    const PackedCounts before = n > 0 ? earlier : kNoCounts;
+    const int64_t total_cost = __shfl_sync(kAll, inclusive.cost, 31);
+    if (is_entry) {
+        plan.seq_start[n] = start;
+        plan.job_end[n] = job_end;
+        plan.chunk_start[n] = before.chunks;
+        plan.relay_start[n] = before.cost;
+    }
+    if (n == 31) *plan.longest_chunk = inclusive.longest;
+    if (plan.job_blocks == 0) return;
+
+    // row_starts, as in pack_sequences: a bit per start of a later sequence of a job.
+    for (int64_t i = n; i < total_cost; i += 32) plan.row_starts[i] = 0;
+    __syncwarp();  // the zeroed words, before other lanes' atomics
+    const int first = 31 - __clz(marks & (kAll >> (31 - n)));  // of the job holding n
+    const int first_start = __shfl_sync(kAll, start, first);
+    const int first_job_end = __shfl_sync(kAll, job_end, first);
+    const int first_job_end_start = __shfl_sync(kAll, job_end_start, first);
+    const int64_t first_relay_start = __shfl_sync(kAll, before.cost, first);
+    // Every sequence of a job of several, its first too: a reversed sweep meets that
+    // one last.
+    if (!is_sequence || first_job_end == first + 1) return;
+    const int row = p.reversed ? first_job_end_start - next : start - first_start;
+    if (row > 0 && row < first_job_end_start - first_start) {
+        auto* word = reinterpret_cast<unsigned long long*>(plan.row_starts) + first_relay_start;
+        atomicOr(word + row / kSweepBlockN, 1ull << (row % kSweepBlockN));
+    }
+}
+
 // One CTA per problem (blockIdx.y). The first zeroes the relay's flags and ticket
 // (flag_count ints); a packed problem's CTA packs its sequences.
-__global__ void __launch_bounds__(kPackThreads)
+// One CTA per problem and no more on an SM: ptxas, left to aim at two CTAs of 1024
+// threads per SM, fitted it in 32 registers and spilled.
+__global__ void __launch_bounds__(kPackThreads, 1)
     prepare_relay_kernel(const __grid_constant__ LinearAttnBatch batch, int flag_count) {
     if (blockIdx.y == 0)
         for (int i = threadIdx.x; i < flag_count; i += kPackThreads) batch.relay.handoff_ready[i] = 0;
     const LinearAttnParams& p = batch.problems[blockIdx.y];
     if (p.cu_seqlens == nullptr) return;
-    if (p.num_seqs + 1 > kWarpPackEntries) pack_sequences<kPackThreads>(p, batch.chunks[blockIdx.y]);
-    else if (threadIdx.x < 32) pack_sequences<32>(p, batch.chunks[blockIdx.y]);
+    if (p.num_seqs + 1 > kWarpPackEntries) pack_sequences(p, batch.chunks[blockIdx.y]);
+    else if (threadIdx.x < 32) pack_few_sequences(p, batch.chunks[blockIdx.y]);
 }
 
 // One CTA per part of a slab, `parts` per (candidate, head, v slice) of each chunked
