@@ -21,6 +21,10 @@ Two more tables:
   VARLEN_ROUNDS turns, their medians reported. Then the same for
   64 shorter sequences (64 x 1024) and 512 short ones (512 x 128), where a sequence's
   partial last block is a large share of its blocks.
+- learnable: forward and forward+backward with the decay learnable, its gradient
+  computed too (4, 32, 2048 and 1, 16, 65536): ours with slope.requires_grad, FLA
+  chunk_simple_gla with its per-token log decay g = -s from the same leaf s (fla-core
+  0.6.0 gives g_gamma no gradient). The official kernels give the slope no gradient.
 - decode: one token per sequence against fp32 states (B64 H32 and B256 H16): ours
   lightning_attn_decode updating the cache in place, FLA fused_recurrent_simple_gla with
   initial_state and output_final_state. Reported as state bytes read + written per second
@@ -207,6 +211,27 @@ def dense_causal_rows(args, ctx):
     return rows
 
 
+LEARNABLE_SHAPES = [(4, 32, 2048), (1, 16, 65536)]
+
+
+def load_fla_learnable(s, b, n):
+    """FLA's way to a learnable per-head decay: chunk_simple_gla's per-token log decay
+    g, here -s at every token of [b, n] (autograd sums its gradient back onto s)."""
+    from fla.ops.simple_gla import chunk_simple_gla
+    return lambda q, k, v: chunk_simple_gla(q, k, v, g=(-s).expand(b, n, -1), scale=1.0)[0]
+
+
+def learnable_rows(args, ctx):
+    """Ours and FLA chunk with the slopes requiring grad (see the module's docstring)."""
+    rows = []
+    for b, h, n in LEARNABLE_SHAPES:
+        s = alibi_slopes(h).requires_grad_(True)
+        loaders = {"ours": lambda: load_ours(s), "fla_chunk": lambda: load_fla_learnable(s, b, n)}
+        for name in [i for i in args.impls if i in loaders]:
+            rows.append(timed_row("learnable", name, b, h, n, loaders[name], LAYOUT[name], args, ctx))
+    return rows
+
+
 VARLEN_TOKENS, VARLEN_HEADS = 65536, 16
 VARLEN_SEQS = [16, 64, 512]  # sequences per packed batch, one table row group each
 # Ours' rows of a group are timed this many times, in turns of rotating order, and
@@ -317,7 +342,7 @@ def decode_rows(args, ctx):
     return rows
 
 
-CASES = [dense_causal_rows, varlen_rows, decode_rows]
+CASES = [dense_causal_rows, learnable_rows, varlen_rows, decode_rows]
 
 
 # ---------------------------------------------------------------- report
@@ -388,6 +413,27 @@ def varlen_markdown(rows):
     return "\n".join(tables).rstrip()
 
 
+def learnable_markdown(rows):
+    rs = [r for r in rows if r.get("case") == "learnable"]
+    if not rs:
+        return ""
+    by_key = {(r["B"], r["H"], r["N"], r["impl"]): r for r in rs}
+    shapes = list(dict.fromkeys((r["B"], r["H"], r["N"]) for r in rs))
+    impls = list(dict.fromkeys(r["impl"] for r in rs))
+    anchors = [i for i in impls if i != "ours"] if "ours" in impls else []
+    head = (["B, H, N"] + [f"{i} fwd / fwd+bwd" for i in impls] + [f"ours vs {a} fwd / fwd+bwd" for a in anchors]
+            + [f"{i} peak MiB" for i in impls])
+    lines = ["Learnable decay: the slopes require grad (FLA: per-token g = -s).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b, h, n in shapes:
+        r = {i: by_key[(b, h, n, i)] for i in impls}
+        cells = [f"{b}, {h}, {n}"] + [f"{fmt(r[i]['fwd_ms'])} / {fmt(r[i]['fwdbwd_ms'])}" for i in impls]
+        cells += [" / ".join(fmt_ratio(r[a][t], r["ours"][t]) for t in ("fwd_ms", "fwdbwd_ms")) for a in anchors]
+        cells += ["—" if r[i]["peak_mib"] is None else f"{r[i]['peak_mib']:.0f}" for i in impls]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def decode_markdown(rows):
     rs = [r for r in rows if r.get("case") == "decode"]
     if not rs:
@@ -415,6 +461,8 @@ def markdown_report(rows, impls, ctx):
         "Speed-up = anchor ms / ours ms; peak = extra memory of one fwd+bwd.",
         "",
         dense_markdown(rows, impls),
+        "",
+        learnable_markdown(rows),
         "",
         varlen_markdown(rows),
         "",
