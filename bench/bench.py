@@ -355,9 +355,10 @@ def fmt_ratio(a, b):
     return "—" if a is None or b is None else f"{a / b:.2f}×"
 
 
-def dense_markdown(rows, impls):
-    by_key = {(r["B"], r["H"], r["N"], r["impl"]): r for r in rows if r.get("case") == "dense"}
-    shapes = list(dict.fromkeys((r["B"], r["H"], r["N"]) for r in rows if r.get("case") == "dense"))
+def shapes_markdown(rows, impls, case):
+    """The table of a case timed per (impl, shape): dense, or learnable."""
+    by_key = {(r["B"], r["H"], r["N"], r["impl"]): r for r in rows if r.get("case") == case}
+    shapes = list(dict.fromkeys((r["B"], r["H"], r["N"]) for r in rows if r.get("case") == case))
     anchors = [a for a in ANCHORS_VS_OURS if a in impls] if "ours" in impls else []
     head = (["B, H, N", "floor fwd / fwd+bwd"] + [f"{i} fwd / fwd+bwd" for i in impls]
             + [f"ours vs {a} fwd / fwd+bwd" for a in anchors]
@@ -413,25 +414,12 @@ def varlen_markdown(rows):
     return "\n".join(tables).rstrip()
 
 
-def learnable_markdown(rows):
-    rs = [r for r in rows if r.get("case") == "learnable"]
-    if not rs:
+def learnable_markdown(rows, impls):
+    timed = {r["impl"] for r in rows if r.get("case") == "learnable"}
+    if not timed:
         return ""
-    by_key = {(r["B"], r["H"], r["N"], r["impl"]): r for r in rs}
-    shapes = list(dict.fromkeys((r["B"], r["H"], r["N"]) for r in rs))
-    impls = list(dict.fromkeys(r["impl"] for r in rs))
-    anchors = [i for i in impls if i != "ours"] if "ours" in impls else []
-    head = (["B, H, N"] + [f"{i} fwd / fwd+bwd" for i in impls] + [f"ours vs {a} fwd / fwd+bwd" for a in anchors]
-            + [f"{i} peak MiB" for i in impls])
-    lines = ["Learnable decay: the slopes require grad (FLA: per-token g = -s).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for b, h, n in shapes:
-        r = {i: by_key[(b, h, n, i)] for i in impls}
-        cells = [f"{b}, {h}, {n}"] + [f"{fmt(r[i]['fwd_ms'])} / {fmt(r[i]['fwdbwd_ms'])}" for i in impls]
-        cells += [" / ".join(fmt_ratio(r[a][t], r["ours"][t]) for t in ("fwd_ms", "fwdbwd_ms")) for a in anchors]
-        cells += ["—" if r[i]["peak_mib"] is None else f"{r[i]['peak_mib']:.0f}" for i in impls]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return ("Learnable decay: the slopes require grad (FLA: per-token g = -s).\n\n"
+            + shapes_markdown(rows, [i for i in impls if i in timed], "learnable"))
 
 
 def decode_markdown(rows):
@@ -460,9 +448,9 @@ def markdown_report(rows, impls, ctx):
         f"{FWD_TENSORS} (fwd) or {FWDBWD_TENSORS} (fwd+bwd) tensors at that bandwidth. "
         "Speed-up = anchor ms / ours ms; peak = extra memory of one fwd+bwd.",
         "",
-        dense_markdown(rows, impls),
+        shapes_markdown(rows, impls, "dense"),
         "",
-        learnable_markdown(rows),
+        learnable_markdown(rows, impls),
         "",
         varlen_markdown(rows),
         "",
